@@ -1,0 +1,204 @@
+"""Students from teachers: every student layer is the mapped teacher layer in the backbone AND the
+expert, everything else is identical, sharded arrays stay sharded, and make_student is all or nothing."""
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from shallow_pi_jax import checkpoints as C
+from shallow_pi_jax.distill import student_init as S
+from shallow_pi_jax.distill.layer_map import LayerMap, make_layer_map
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+import make_student as tool  # noqa: E402
+
+FIXTURES = REPO / "tests" / "fixtures" / "openpi_tiny"
+UNIFORM_6 = (0, 3, 7, 10, 14, 17)
+
+
+def _teacher(fixture_dir):
+    return C.flatten_params(C.restore_params(fixture_dir / "params"))
+
+
+def _assert_student(teacher, student, indices):
+    """Layer j of every stack == teacher layer indices[j]; every other leaf identical."""
+    assert sorted(student) == sorted(teacher)
+    backbone = [p for p in teacher if S.is_layer_leaf(p) and "_1" not in p]
+    expert = [p for p in teacher if S.is_layer_leaf(p) and "_1" in p]
+    assert backbone and expert
+    for p in teacher:
+        t, s = np.asarray(teacher[p]), np.asarray(student[p])
+        assert s.dtype == t.dtype, p
+        if S.is_layer_leaf(p):
+            assert s.shape == (len(indices),) + t.shape[1:], p
+            for j, i in enumerate(indices):
+                np.testing.assert_array_equal(s[j], t[i], err_msg=f"{p} student layer {j} != teacher {i}")
+        else:
+            np.testing.assert_array_equal(s, t, err_msg=p)
+
+
+def test_uniform_student_layers(fixture_dir):
+    teacher = _teacher(fixture_dir)
+    depth = json.loads((fixture_dir / "config.json").read_text())["gemma_llm"]["depth"]
+    assert S.teacher_depth(C.unflatten_params(teacher)) == depth
+    lm = make_layer_map(depth, 6)
+    student = C.flatten_params(S.student_params(C.unflatten_params(teacher), lm))
+    _assert_student(teacher, student, lm.indices)
+    # outside the stacks the student holds the teacher's own arrays
+    assert student["PaliGemma/img/embedding/kernel"] is teacher["PaliGemma/img/embedding/kernel"]
+    shapes = C.flatten_params(S.student_shapes(C.unflatten_params(teacher), lm))
+    assert {p: x.shape for p, x in shapes.items()} == {p: x.shape for p, x in student.items()}
+
+
+def test_identity_map_is_the_teacher(fixture_dir):
+    teacher = _teacher(fixture_dir)
+    depth = S.teacher_depth(C.unflatten_params(teacher))
+    student = C.flatten_params(S.student_params(C.unflatten_params(teacher), list(range(depth))))
+    assert sorted(student) == sorted(teacher)
+    for p in teacher:
+        assert student[p].dtype == teacher[p].dtype and student[p].shape == teacher[p].shape
+        np.testing.assert_array_equal(student[p], teacher[p], err_msg=p)
+
+
+def test_lora_leaves_are_mapped():
+    teacher = _teacher(FIXTURES / "pi0")
+    rng = np.random.default_rng(0)
+    lora = {
+        "PaliGemma/llm/layers/attn/q_einsum/lora_a": rng.normal(size=(18, 4, 64, 2)).astype(np.float32),
+        "PaliGemma/llm/layers/attn/q_einsum_1/lora_b": rng.normal(size=(18, 4, 2, 16)).astype(np.float32),
+        "PaliGemma/llm/layers/mlp_1/gating_einsum_lora_a": rng.normal(size=(18, 2, 32, 2)).astype(np.float32),
+    }
+    teacher.update(lora)
+    student = C.flatten_params(S.student_params(C.unflatten_params(teacher), [1, 8, 16]))
+    _assert_student(teacher, student, (1, 8, 16))
+    assert student["PaliGemma/llm/layers/attn/q_einsum/lora_a"].shape == (3, 4, 64, 2)
+
+
+def test_sharded_teacher_stays_sharded():
+    teacher = _teacher(FIXTURES / "pi05")
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "fsdp"))
+
+    def spec(p, x):
+        # layer axis over 'data' (18 % 2 == 0), last axis over 'fsdp' when it divides
+        last = "fsdp" if x.ndim >= 2 and x.shape[-1] % 4 == 0 else None
+        first = "data" if S.is_layer_leaf(p) else None
+        return P(first, *([None] * (x.ndim - 2)), last) if x.ndim >= 2 else P()
+
+    sharded = {p: jax.device_put(x, NamedSharding(mesh, spec(p, x))) for p, x in teacher.items()}
+    for indices, first_axis in ((UNIFORM_6, "data"), ((0, 9, 17), None)):  # 3 layers do not split over 2
+        student = C.flatten_params(S.student_params(C.unflatten_params(sharded), indices))
+        _assert_student(teacher, student, indices)
+        q = student["PaliGemma/llm/layers/mlp/gating_einsum"]
+        assert isinstance(q, jax.Array) and len(q.sharding.device_set) == 8
+        assert q.sharding.spec == P(first_axis, None, None, "fsdp")
+        n = len(indices) // (2 if first_axis else 1)
+        assert q.addressable_shards[0].data.shape == (n,) + q.shape[1:-1] + (q.shape[-1] // 4,)
+        assert student["PaliGemma/img/head/kernel"] is sharded["PaliGemma/img/head/kernel"]
+
+
+def test_bad_maps_and_trees():
+    teacher = _teacher(FIXTURES / "pi0")
+    tree = C.unflatten_params(teacher)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        S.student_params(tree, [0, 3, 3])
+    with pytest.raises(ValueError, match="out of range"):
+        S.student_params(tree, [0, 3, 18])
+    with pytest.raises(ValueError, match="teacher depth 24, but the teacher has 18"):
+        S.student_params(tree, LayerMap(24, (0, 23)))
+    no_expert = {p: x for p, x in teacher.items() if "_1" not in p}
+    with pytest.raises(ValueError, match="q_einsum_1"):
+        S.student_params(C.unflatten_params(no_expert), [0, 1])
+    ragged = dict(teacher, **{"PaliGemma/llm/layers/mlp_1/linear": teacher["PaliGemma/llm/layers/mlp_1/linear"][:12]})
+    with pytest.raises(ValueError, match="disagree on depth.*axis 0 = 12"):
+        S.student_params(C.unflatten_params(ragged), [0, 1])
+    # an expected student tree that does not match
+    expected = S.student_shapes(tree, [0, 1])
+    expected["action_in_proj"]["kernel"] = jax.ShapeDtypeStruct((7, 7), jnp.float32)
+    with pytest.raises(ValueError, match="action_in_proj/kernel: expected shape"):
+        S.student_params(tree, [0, 1], expected=expected)
+
+
+def _teacher_checkpoint(tmp_path, variant="pi05"):
+    """A copy of a fixture laid out like an openpi checkpoint: CKPT/params + CKPT/assets."""
+    ckpt = tmp_path / "teacher"
+    shutil.copytree(FIXTURES / variant / "params", ckpt / "params")
+    (ckpt / "assets" / "trossen").mkdir(parents=True)
+    (ckpt / "assets" / "trossen" / "norm_stats.json").write_text('{"norm_stats": {}}')
+    return ckpt
+
+
+def test_cli_end_to_end(tmp_path):
+    ckpt = _teacher_checkpoint(tmp_path)
+    out = tmp_path / "students" / "l6"
+    assert tool.main(["--teacher", str(ckpt / "params"), "--depth", "6", "--out", str(out), "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["assets", "layer_map.json", "params"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["l6"]  # no temp dirs left
+    assert (out / "assets" / "trossen" / "norm_stats.json").read_text() == '{"norm_stats": {}}'
+    record = json.loads((out / "layer_map.json").read_text())
+    assert record["teacher_depth"] == 18 and record["student_depth"] == 6
+    assert record["indices"] == list(UNIFORM_6) and record["strategy"] == "uniform"
+    assert record["teacher"] == str((ckpt / "params").resolve())
+    assert record["teacher_sha256"] == C.checkpoint_digest(ckpt / "params")
+    teacher = _teacher(FIXTURES / "pi05")
+    student = C.flatten_params(C.restore_params(out / "params"))
+    _assert_student(teacher, student, UNIFORM_6)
+    assert record["student_params"] == sum(x.size for x in student.values())
+
+    # explicit layers, bfloat16, checkpoint root instead of params/
+    out2 = tmp_path / "l3"
+    assert tool.main(["--teacher", str(ckpt), "--layers", "2,9,16", "--dtype", "bfloat16",
+                      "--out", str(out2), "--quiet"]) == 0
+    student = C.flatten_params(C.restore_params(out2 / "params"))
+    assert all(x.dtype == jnp.bfloat16 for x in student.values())
+    _assert_student({p: x.astype(jnp.bfloat16) for p, x in teacher.items()}, student, (2, 9, 16))
+    assert json.loads((out2 / "layer_map.json").read_text())["strategy"] == "explicit"
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--layers", "0,3,3,10,14,17"], "strictly increasing"),
+    (["--layers", "0,3,7,10,14,18"], "out of range"),
+    (["--depth", "5", "--layers", "0,3,7,10,14,17"], "length"),
+    (["--depth", "19"], "student_depth"),
+    ([], "--depth: required"),
+    (["--layers", "0,a"], "comma-separated"),
+])
+def test_cli_bad_map_writes_nothing(tmp_path, capsys, extra, match):
+    ckpt = _teacher_checkpoint(tmp_path)
+    out = tmp_path / "out"
+    assert tool.main(["--teacher", str(ckpt / "params"), "--out", str(out), "--quiet"] + extra) == 2
+    assert match in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher"]
+
+
+def test_cli_mismatched_tree_and_existing_out(tmp_path, capsys):
+    teacher = _teacher(FIXTURES / "pi0")
+    C.save_params(C.unflatten_params({p: x for p, x in teacher.items() if "mlp_1" not in p and "_1/" not in p}),
+                  tmp_path / "broken" / "params")
+    assert tool.main(["--teacher", str(tmp_path / "broken" / "params"), "--depth", "6",
+                      "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "q_einsum_1" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
+    (tmp_path / "out").mkdir()
+    assert tool.main(["--teacher", str(FIXTURES / "pi0" / "params"), "--depth", "6",
+                      "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_cli_script_runs(tmp_path):
+    """The file runs as a script (fresh interpreter) and prints its progress."""
+    out = tmp_path / "l4"
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "make_student.py"), "--teacher",
+                        str(FIXTURES / "pi0" / "params"), "--depth", "4", "--strategy", "last", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "[14, 15, 16, 17] (last)" in r.stdout and "student leaves" in r.stderr
+    assert json.loads((out / "layer_map.json").read_text())["indices"] == [14, 15, 16, 17]
