@@ -202,3 +202,30 @@ def test_cli_script_runs(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "[14, 15, 16, 17] (last)" in r.stdout and "student leaves" in r.stderr
     assert json.loads((out / "layer_map.json").read_text())["indices"] == [14, 15, 16, 17]
+
+
+def test_student_model_runs(fixture_dir):
+    """The 6-layer student built by make_student is a valid tree for the student model and runs."""
+    from shallow_pi_jax.models.config import ModelConfig
+    from shallow_pi_jax.models.pi0 import Pi0
+
+    io = np.load(fixture_dir / "io.npz")
+    prompt_len = 16  # the prompt length is not a parameter; a short one keeps this test fast
+    cfg = ModelConfig.from_fixture(fixture_dir / "config.json", max_token_len=prompt_len)
+    obs = {"images": {k: io[f"images.{k}"][:1] for k in cfg.image_keys},
+           "image_masks": {k: io[f"image_masks.{k}"][:1] for k in cfg.image_keys},
+           "state": io["state"][:1], "tokenized_prompt": io["tokenized_prompt"][:1, :prompt_len],
+           "tokenized_prompt_mask": io["tokenized_prompt_mask"][:1, :prompt_len]}
+    teacher = C.restore_params(fixture_dir / "params")
+    lm = make_layer_map(S.teacher_depth(teacher), 6)
+    model = Pi0(cfg.with_depth(6))
+    x_t, time = io["x_t"][:1], io["time"][:1]
+    expected = jax.eval_shape(lambda: model.init(jax.random.key(0), obs, x_t, time, method=Pi0.velocity))["params"]
+    student = S.student_params(teacher, lm, expected=expected)
+    C.validate_params(student, expected, check_dtype=True)
+
+    v_t = model.apply({"params": student}, obs, x_t, time, method=Pi0.velocity)
+    assert v_t.shape == (1, cfg.action_horizon, cfg.action_dim) and bool(jnp.isfinite(v_t).all())
+    actions = model.apply({"params": student}, jax.random.key(0), obs, num_steps=2,
+                          noise=io["sample_noise"][:1], method=Pi0.sample_actions)
+    assert actions.shape == (1, cfg.action_horizon, cfg.action_dim) and bool(jnp.isfinite(actions).all())
