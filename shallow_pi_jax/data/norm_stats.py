@@ -1,0 +1,133 @@
+"""Normalisation statistics in openpi's `norm_stats.json` format, and the (un)normalisation maths.
+
+File layout (openpi's, so openpi's assets load here and ours load in openpi):
+
+    {"norm_stats": {"state":   {"mean": [...], "std": [...], "q01": [...], "q99": [...]},
+                    "actions": {"mean": [...], "std": [...], "q01": [...], "q99": [...]}}}
+
+z-score (pi0):      (x - mean) / (std + 1e-6)
+quantile (pi0.5):   (x - q01) / (q99 - q01 + 1e-6) * 2 - 1
+Stats longer than the data (openpi's older assets were computed on 32-dim padded vectors) are sliced
+to the data's dims, as openpi does; shorter stats are an error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+
+EPS = 1e-6
+FILE_NAME = "norm_stats.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class NormStats:
+    mean: np.ndarray
+    std: np.ndarray
+    q01: np.ndarray | None = None
+    q99: np.ndarray | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[-1])
+
+    def sliced(self, dim: int, name: str = "stats") -> "NormStats":
+        if dim > self.dim:
+            raise ValueError(f"norm stats '{name}': the data has {dim} dims but the stats only {self.dim}; "
+                             "recompute them with tools/compute_norm_stats.py")
+        cut = lambda a: None if a is None else a[..., :dim]  # noqa: E731
+        return NormStats(cut(self.mean), cut(self.std), cut(self.q01), cut(self.q99))
+
+    def to_json(self) -> dict:
+        out = {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        if self.q01 is not None:
+            out["q01"] = self.q01.tolist()
+        if self.q99 is not None:
+            out["q99"] = self.q99.tolist()
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict, name: str = "stats") -> "NormStats":
+        for key in ("mean", "std"):
+            if key not in d:
+                raise ValueError(f"norm stats '{name}': missing '{key}' (got keys {sorted(d)})")
+        arr = {k: (None if d.get(k) is None else np.asarray(d[k], dtype=np.float64)) for k in ("mean", "std", "q01", "q99")}
+        for key, value in arr.items():
+            if value is not None and value.shape != arr["mean"].shape:
+                raise ValueError(f"norm stats '{name}.{key}': expected shape {arr['mean'].shape}, got {value.shape}")
+        return cls(**arr)
+
+
+def compute(values: np.ndarray) -> NormStats:
+    """mean, std (population), 1 % and 99 % quantiles (numpy's linear interpolation) over all rows."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x.reshape(-1, x.shape[-1])
+    if x.shape[0] == 0:
+        raise ValueError("norm stats: no values to compute statistics from")
+    return NormStats(
+        mean=x.mean(axis=0),
+        std=x.std(axis=0),
+        q01=np.quantile(x, 0.01, axis=0),
+        q99=np.quantile(x, 0.99, axis=0),
+    )
+
+
+def load(path: str | os.PathLike) -> dict[str, NormStats]:
+    """Read an openpi norm_stats.json (a file, or a folder containing one)."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / FILE_NAME
+    if not path.exists():
+        raise ValueError(f"norm_stats_path: file {str(path)!r} does not exist; "
+                         "create it with `python tools/compute_norm_stats.py`")
+    data = json.loads(path.read_text())
+    if "norm_stats" not in data:
+        raise ValueError(f"{path}: expected a top-level 'norm_stats' key (openpi format), got {sorted(data)}")
+    return {key: NormStats.from_json(value, key) for key, value in data["norm_stats"].items()}
+
+
+def save(stats: dict[str, NormStats], path: str | os.PathLike) -> pathlib.Path:
+    """Write atomically (temp file + rename), so a crash never leaves a half-written file."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / FILE_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"norm_stats": {k: v.to_json() for k, v in stats.items()}}, indent=2)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".norm_stats.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def require(stats: dict[str, NormStats], key: str, quantile: bool, source: str) -> NormStats:
+    if key not in stats:
+        raise ValueError(f"{source}: norm stats have no '{key}' entry (got {sorted(stats)})")
+    s = stats[key]
+    if quantile and (s.q01 is None or s.q99 is None):
+        raise ValueError(f"{source}: quantile normalisation (pi0.5) needs q01/q99 for '{key}', which are missing")
+    return s
+
+
+def normalize(x, s: NormStats, quantile: bool):
+    s = s.sliced(x.shape[-1])
+    if quantile:
+        return ((x - s.q01) / (s.q99 - s.q01 + EPS) * 2.0 - 1.0).astype(np.float32)
+    return ((x - s.mean) / (s.std + EPS)).astype(np.float32)
+
+
+def unnormalize(x, s: NormStats, quantile: bool):
+    """Inverse of `normalize` on the first `s.dim` dims; dims beyond the stats pass through."""
+    x = np.asarray(x, dtype=np.float32)
+    dim = min(s.dim, x.shape[-1])
+    s = s.sliced(dim)
+    head = x[..., :dim].astype(np.float64)
+    if quantile:
+        head = (head + 1.0) / 2.0 * (s.q99 - s.q01 + EPS) + s.q01
+    else:
+        head = head * (s.std + EPS) + s.mean
+    return np.concatenate([head.astype(np.float32), x[..., dim:]], axis=-1)

@@ -1,0 +1,161 @@
+"""The training / evaluation input pipeline: `make_dataset(config.data, train=True)`.
+
+    from shallow_pi_jax.data import make_dataset
+    it = make_dataset(config.data)        # endless iterator of numpy batches (train=True)
+    batch = next(it)                      # see the contract below
+    it.num_skipped_episodes               # bad episodes skipped so far (skip_bad_episodes=True)
+
+Batch contract (per process; B = data.batch_size, R = data.image_size, D = data.action_dim):
+    {"images": {cam: float32 [B, R, R, 3] in [-1, 1]}, "image_masks": {cam: bool [B]},
+     "state": float32 [B, D], "tokenized_prompt": int32 [B, L], "tokenized_prompt_mask": bool [B, L],
+     "actions": float32 [B, horizon, D]}
+for cam in data.cameras (openpi's base_0_rgb, left_wrist_0_rgb, right_wrist_0_rgb). A camera the
+dataset lacks is a black image (-1.0) with mask False, as in openpi's LIBERO policy.
+
+Per dataset: episodes → frames (rlds.py) → shuffle buffer (frames, images still encoded) → decode
+and resize-with-pad to R. Then the datasets are mixed by weight, each example gets its own
+augmentation seed (seed, example index) so runs are reproducible, and batches are tokenised.
+Training repeats forever; evaluation (train=False) reads each episode once, in order, without
+augmentation, keeping the last partial batch.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from shallow_pi_jax.data import norm_stats as _ns
+from shallow_pi_jax.data import rlds, tf_image
+from shallow_pi_jax.data.config import DataConfig
+from shallow_pi_jax.data.tokenizer import PaligemmaTokenizer
+
+log = logging.getLogger(__name__)
+
+
+def _hide_gpus_from_tf():
+    # TF must not grab accelerator memory that JAX needs; it only runs the input pipeline.
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass  # already initialised by the caller; nothing to do
+
+
+def _frames(spec, cfg: DataConfig, train: bool, shard, elog: rlds.EpisodeLog, stats):
+    builder = rlds.load_builder(spec)
+    plan = rlds.plan_fields(spec, builder, cfg)
+    episodes = rlds.read_episodes(spec, cfg, plan, builder, train=train, shard=shard)
+    episodes = rlds.episode_arrays(spec, cfg, plan, episodes, elog)
+    frames = rlds.chunk_and_normalize(spec, cfg, plan, episodes, stats)
+    if train:
+        frames = frames.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
+    size = cfg.image_size
+    mapped = set(plan.camera_paths)
+
+    def decode(frame):
+        images, masks = {}, {}
+        for cam in cfg.cameras:
+            if cam in mapped:
+                images[cam] = tf_image.resize_with_pad(tf_image.decode(frame["images"][cam]), size)
+                masks[cam] = tf.constant(True)
+            else:
+                images[cam] = tf.zeros([size, size, 3], tf.uint8)
+                masks[cam] = tf.constant(False)
+        return {"images": images, "image_masks": masks, "state": frame["state"], "actions": frame["actions"],
+                "state_dim": frame["state_dim"], "prompt": frame["prompt"]}
+
+    return frames.map(decode, num_parallel_calls=cfg.num_parallel_calls)
+
+
+def build_tf_dataset(cfg, train: bool = True) -> tuple[tf.data.Dataset, rlds.EpisodeLog]:
+    """The tf.data part (everything except tokenisation), batched; for inspection and benchmarks."""
+    cfg = DataConfig.from_any(cfg)
+    _hide_gpus_from_tf()
+    shard = cfg.shard()
+    elog = rlds.EpisodeLog()
+    streams = []
+    for spec in cfg.datasets:
+        path = cfg.norm_stats_for(spec)
+        if path is None:
+            raise ValueError(f"data.norm_stats_path: not set for dataset {spec.name!r}; compute it with "
+                             "`python tools/compute_norm_stats.py` and set data.norm_stats_path")
+        streams.append(_frames(spec, cfg, train, shard, elog, _ns.load(path)))
+    if len(streams) == 1:
+        ds = streams[0]
+    else:
+        weights = np.asarray([s.weight for s in cfg.datasets], np.float64)
+        ds = tf.data.Dataset.sample_from_datasets(streams, weights=(weights / weights.sum()).tolist(),
+                                                  seed=cfg.seed, stop_on_empty_dataset=False)
+    augment = train and cfg.augment
+    process_index = shard[0]
+
+    def finish(i, ex):
+        images = {}
+        for k, cam in enumerate(cfg.cameras):
+            img = ex["images"][cam]
+            if augment:
+                # Seed from (seed, process, example index, camera): reproducible, distinct per example.
+                seed = tf.constant([cfg.seed, process_index], tf.int64)
+                seed = tf.random.experimental.stateless_fold_in(seed, i)
+                seed = tf.random.experimental.stateless_fold_in(seed, k)
+                aug = lambda img=img, seed=seed, cam=cam: tf_image.augment(  # noqa: E731
+                    tf.cast(img, tf.float32) / 255.0, seed, geometric="wrist" not in cam) * 2.0 - 1.0
+                images[cam] = tf.cond(ex["image_masks"][cam], aug, lambda img=img: tf_image.to_model_range(img))
+            else:
+                images[cam] = tf_image.to_model_range(img)
+        return {**ex, "images": images}
+
+    ds = ds.enumerate().map(finish, num_parallel_calls=cfg.num_parallel_calls)
+    ds = ds.batch(cfg.batch_size, drop_remainder=train, num_parallel_calls=cfg.num_parallel_calls)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_optimization.map_parallelization = True
+    return ds.with_options(options).prefetch(cfg.prefetch), elog
+
+
+class DataIterator:
+    """Numpy batches from the tf.data pipeline, with prompts tokenised in openpi's format."""
+
+    def __init__(self, cfg: DataConfig, ds: tf.data.Dataset, elog: rlds.EpisodeLog, tokenizer: PaligemmaTokenizer):
+        self.cfg, self._elog, self.tokenizer = cfg, elog, tokenizer
+        self._it = ds.as_numpy_iterator()
+
+    def __iter__(self):
+        return self
+
+    @property
+    def num_skipped_episodes(self) -> int:
+        return self._elog.num_skipped
+
+    @property
+    def skipped_by_reason(self) -> dict[str, int]:
+        return dict(self._elog.skipped)
+
+    def __next__(self) -> dict:
+        try:
+            ex = next(self._it)
+        except tf.errors.OpError as e:
+            if self._elog.error:
+                raise ValueError(self._elog.error) from None
+            raise ValueError(f"data pipeline failed: {e.message}") from e
+        prompts = [p.decode("utf-8") for p in ex["prompt"]]
+        states = None
+        if self.cfg.state_in_prompt:  # pi0.5: normalised state, at the dataset's own dims
+            states = [ex["state"][i, : ex["state_dim"][i]] for i in range(len(prompts))]
+        tokens, mask = self.tokenizer.tokenize_batch(prompts, states)
+        return {
+            "images": ex["images"],
+            "image_masks": ex["image_masks"],
+            "state": ex["state"],
+            "tokenized_prompt": tokens,
+            "tokenized_prompt_mask": mask,
+            "actions": ex["actions"],
+        }
+
+
+def make_dataset(data_config, train: bool = True) -> DataIterator:
+    """Iterator of numpy batches (see the module docstring); `data_config` is config.data."""
+    cfg = DataConfig.from_any(data_config)
+    tokenizer = PaligemmaTokenizer(cfg.tokenizer_path, cfg.max_token_len)
+    ds, elog = build_tf_dataset(cfg, train)
+    return DataIterator(cfg, ds, elog, tokenizer)
