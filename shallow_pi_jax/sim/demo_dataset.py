@@ -8,7 +8,8 @@
 Layout of `data_dir` (the whole directory is written under a temporary name and renamed into
 place, so a killed build leaves nothing behind):
 
-    shallow_pi_demo/1.0.0/   tfds dataset, split "train", one record per episode, in order
+    shallow_pi_demo/1.0.0/   tfds dataset, split "train", one record per episode (tfds orders
+                             them by a hash of the key; episode_metadata/episode_index is i)
     tokenizer.model          sentencepiece model (pad 0, eos 1, bos 2, unk 3, byte fallback)
     demo_info.json           build parameters and counts; a matching one means "already built"
 
@@ -213,7 +214,7 @@ def build_demo_dataset(data_dir=None, num_episodes: int = 300, seed: int = 0, im
         examples = ((f"{i:05d}", _as_rlds(ep, i)) for i, ep in enumerate(episodes))
         tfds.dataset_builders.store_as_tfds_dataset(
             name=DATASET_NAME, version=VERSION, features=_features(params["image_size"]),
-            split_datasets={"train": examples}, data_dir=str(tmp), disable_shuffling=True,
+            split_datasets={"train": examples}, data_dir=str(tmp),
             description="Scripted-expert demonstrations of shallow_pi_jax's ReachEnv (LIBERO RLDS layout).")
         shutil.rmtree(tmp / "downloads", ignore_errors=True)  # empty scratch space tfds creates
         (tmp / TOKENIZER_FILE).write_bytes(train_tokenizer(params["tokenizer_vocab"]))
