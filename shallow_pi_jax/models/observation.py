@@ -48,3 +48,20 @@ def validate_observation(cfg: ModelConfig, obs: Mapping, actions=None) -> int:
         if _shape(actions) != want:
             raise ValueError(f"actions: expected shape {want}, got {_shape(actions)}")
     return b
+
+
+def dummy_observation(cfg: ModelConfig, batch_size: int = 1, with_actions: bool = False) -> dict:
+    """An all-valid zero observation of the right shapes (for init, eval_shape and compilation)."""
+    import numpy as np
+
+    h, w = cfg.image_size
+    obs = {
+        "images": {cam: np.zeros((batch_size, h, w, 3), np.float32) for cam in cfg.image_keys},
+        "image_masks": {cam: np.ones((batch_size,), bool) for cam in cfg.image_keys},
+        "state": np.zeros((batch_size, cfg.action_dim), np.float32),
+        "tokenized_prompt": np.zeros((batch_size, cfg.max_token_len), np.int32),
+        "tokenized_prompt_mask": np.ones((batch_size, cfg.max_token_len), bool),
+    }
+    if with_actions:
+        obs["actions"] = np.zeros((batch_size, cfg.action_horizon, cfg.action_dim), np.float32)
+    return obs
