@@ -300,9 +300,13 @@ def action_chunks(state, actions, horizon: int, mask, mapping: Mapping):
     chunks = tf.gather(actions, idx)
     moving = None
     if mapping.idle_threshold is not None:
-        half = chunks[:, : max(horizon // 2, 1)]
+        # openpi looks at the first half of the chunk; position mode needs two steps to see motion.
+        n = min(max(horizon // 2, 2 if mapping.idle_mode == "position" else 1), horizon)
+        half = chunks[:, :n]
         moved = half - half[:, :1] if mapping.idle_mode == "position" else half
         moving = tf.reduce_any(tf.abs(moved) > mapping.idle_threshold, axis=[1, 2])
+        if n < 2 and mapping.idle_mode == "position":
+            moving = tf.ones_like(moving)  # a 1-step chunk cannot show motion: keep every frame
     if mask is not None:
         d = len(mask)
         offset = tf.where(tf.constant(mask), state[:, :d], 0.0)
