@@ -37,8 +37,9 @@ def collect(cfg: DataConfig, specs: tuple[DatasetSpec, ...], max_frames: int | N
             except StopIteration:
                 break
             except tf.errors.OpError as e:
-                if elog.error:
-                    raise ValueError(elog.error) from None
+                problem = elog.error_for(e.message)
+                if problem:
+                    raise ValueError(problem) from None
                 raise ValueError(f"reading dataset {spec.name!r} failed: {e.message}") from e
             states.append(ep["state"])
             chunks.append(ep["actions"])

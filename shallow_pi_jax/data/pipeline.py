@@ -135,8 +135,9 @@ class DataIterator:
         try:
             ex = next(self._it)
         except tf.errors.OpError as e:
-            if self._elog.error:
-                raise ValueError(self._elog.error) from None
+            problem = self._elog.error_for(e.message)
+            if problem:
+                raise ValueError(problem) from None
             raise ValueError(f"data pipeline failed: {e.message}") from e
         prompts = [p.decode("utf-8") for p in ex["prompt"]]
         states = None

@@ -51,7 +51,19 @@ class EpisodeLog:
         self._lock = threading.Lock()
         self.skipped: dict[str, int] = {}      # reason kind → episodes skipped
         self.skipped_ids: list[str] = []
-        self.error: str | None = None
+        self.errors: list[str] = []           # fatal problems, in the order the checks ran
+
+    def fail(self, message: str):
+        with self._lock:
+            self.errors.append(message)
+        raise ValueError(message)
+
+    def error_for(self, tf_message: str) -> str | None:
+        """The recorded problem TF reports (checks run in parallel, so not necessarily the last one)."""
+        for message in self.errors:
+            if message in tf_message:
+                return message
+        return self.errors[0] if self.errors else None
 
     def skip(self, episode: str, kind: str, message: str):
         with self._lock:
@@ -281,8 +293,7 @@ def episode_arrays(spec: DatasetSpec, cfg: DataConfig, plan: FieldPlan, episodes
         if skip:
             elog.skip(episode, kind, message)
             return False
-        elog.error = message + " (set data.skip_bad_episodes=True to skip such episodes)"
-        raise ValueError(elog.error)
+        elog.fail(message + " (set data.skip_bad_episodes=True to skip such episodes)")
 
     def is_good(ep):
         ok = tf.numpy_function(check, [ep["id"], ep["state"], ep["actions"]], tf.bool, stateful=True)
