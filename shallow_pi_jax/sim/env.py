@@ -59,8 +59,11 @@ class ReachEnv:
     action_dim = ACTION_DIM
     state_dim = STATE_DIM
 
-    def __init__(self, seed: int = 0, image_size: int | None = None, config: ReachConfig | None = None):
+    def __init__(self, seed: int = 0, image_size: int | None = None, config: ReachConfig | None = None,
+                 render_images: bool = True):
         config = config or ReachConfig()
+        # False leaves "image"/"wrist_image" out of observations: fast runs of state-only baselines.
+        self.render_images = render_images
         if image_size is not None:
             config = dataclasses.replace(config, image_size=image_size)
         self.config = config
@@ -98,13 +101,12 @@ class ReachEnv:
     def observation(self) -> dict:
         self._check_reset()
         c = self.config
-        size = c.scene.object_size
-        return {
-            "image": render.render_main(self.scene, self.ee, c.image_size, object_size=size),
-            "wrist_image": render.render_wrist(self.scene, self.ee, c.image_size, c.wrist_zoom, object_size=size),
-            "state": self.ee.astype(np.float32),
-            "instruction": self.scene.instruction,
-        }
+        obs = {"state": self.ee.astype(np.float32), "instruction": self.scene.instruction}
+        if self.render_images:
+            size = c.scene.object_size
+            obs["image"] = render.render_main(self.scene, self.ee, c.image_size, object_size=size)
+            obs["wrist_image"] = render.render_wrist(self.scene, self.ee, c.image_size, c.wrist_zoom, object_size=size)
+        return obs
 
     def step(self, action) -> tuple[dict, float, bool, dict]:
         self._check_reset()

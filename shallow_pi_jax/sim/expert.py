@@ -1,7 +1,8 @@
 """Scripted expert for ReachEnv, reading the privileged target position.
 
-A saturated proportional controller: full speed towards the named object, then a geometric
-slow-down (the gap halves each step with gain 0.5) so it settles on the object and holds.
+A saturated proportional controller: a straight line at full speed towards the named object,
+then a geometric slow-down (the gap halves each step with gain 0.5) so it settles on the object
+and holds.
 Gaussian noise on the commanded velocity makes demonstrations diverse; what is recorded is the
 action actually executed (after clipping to [-1, 1]).
 """
@@ -16,6 +17,9 @@ def expert_action(env: ReachEnv, rng: np.random.Generator | None = None, noise_s
                   gain: float = 0.5) -> np.ndarray:
     """The expert's action [2] in [-1, 1] for the env's current state."""
     command = gain * (env.target_position - env.ee) / env.config.max_step
+    speed = np.linalg.norm(command)
+    if speed > 1.0:  # saturate the speed, not each axis, so the path stays a straight line
+        command = command / speed
     if noise_std > 0:
         if rng is None:
             raise ValueError("rng: a numpy Generator is required when noise_std > 0")
