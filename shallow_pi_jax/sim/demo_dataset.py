@@ -17,7 +17,8 @@ Each step holds `observation/{image, wrist_image}` (uint8 [S, S, 3], PNG), `obse
 (float32 [2], end-effector x, y), `action` (float32 [2], velocity in [-1, 1]),
 `language_instruction`, and RLDS's `is_first`, `is_last`, `is_terminal`, `reward`, `discount`.
 Only successful expert episodes are stored (reward 1 on the last step, which is terminal).
-Episode i is `ReachEnv.reset((DEMO_STREAM, seed, i))`; integer reset seeds, as a closed-loop
+Episode i is `ReachEnv.reset((DEMO_STREAM, seed, i))` (i counts expert attempts; the seed of each
+stored episode is in `episode_metadata/reset_seed`); integer reset seeds, as a closed-loop
 evaluation uses, draw unrelated scenes.
 """
 from __future__ import annotations
@@ -118,6 +119,7 @@ def _features(image_size: int):
         "episode_metadata": tfds.features.FeaturesDict({
             "file_path": tfds.features.Text(),
             "episode_index": tfds.features.Scalar(dtype=np.int64),
+            "reset_seed": tfds.features.Tensor(shape=(3,), dtype=np.int64),  # ReachEnv.reset(seed) replays it
         }),
     })
 
@@ -137,7 +139,8 @@ def _as_rlds(episode: dict, index: int) -> dict:
             "is_terminal": last,
             "language_instruction": [episode["instruction"]] * n,
         },
-        "episode_metadata": {"file_path": f"{DATASET_NAME}/episode_{index:05d}", "episode_index": index},
+        "episode_metadata": {"file_path": f"{DATASET_NAME}/episode_{index:05d}", "episode_index": index,
+                             "reset_seed": np.asarray(episode["reset_seed"], np.int64)},
     }
 
 
@@ -150,7 +153,9 @@ def iter_demo_episodes(num_episodes: int, seed: int = 0, image_size: int = 64,
     env = ReachEnv(seed=0, image_size=image_size, config=config)
     attempt, kept = 0, 0
     while kept < num_episodes:
-        episode = expert_episode(env, (DEMO_STREAM, seed, attempt), noise_std=NOISE_STD)
+        reset_seed = (DEMO_STREAM, seed, attempt)
+        episode = expert_episode(env, reset_seed, noise_std=NOISE_STD)
+        episode["reset_seed"] = reset_seed
         attempt += 1
         if not episode["success"]:
             if stats is not None:
