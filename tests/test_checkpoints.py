@@ -175,6 +175,22 @@ def test_reader_leaves_and_slices(fixture_dir):
         reader.read("PaliGemma/llm/nope")
 
 
+def test_reader_streaming_path(fixture_dir):
+    """Single-chunk zstd leaves decoded as a stream give exactly tensorstore's values."""
+    ref = C.flatten_params(C.restore_params(fixture_dir / "params"))
+    reader = C.ParamsReader(fixture_dir / "params", stream_min_bytes=0)
+    p = "PaliGemma/llm/layers/mlp/gating_einsum"
+    assert reader._read_streaming(p, reader._open(p), [0]) is not None  # the fixture takes this path
+    for p in reader.paths:
+        np.testing.assert_array_equal(reader.read(p), ref[p], err_msg=p)
+        if ref[p].ndim and ref[p].shape[0] > 1:
+            n = ref[p].shape[0]
+            for rows in ([n - 1], [0, n // 2, n - 1], [n - 1, 0, 0, 1]):
+                np.testing.assert_array_equal(reader.read(p, layers=rows), ref[p][rows], err_msg=f"{p} {rows}")
+    got = reader.read(p, layers=[1], dtype=jnp.bfloat16)
+    np.testing.assert_array_equal(got, ref[p][[1]].astype(jnp.bfloat16))
+
+
 def test_digest_and_bad_dirs(tmp_path):
     src = pathlib.Path(__file__).parent / "fixtures" / "openpi_tiny" / "pi0" / "params"
     shutil.copytree(src, tmp_path / "params")
@@ -191,3 +207,27 @@ def test_digest_and_bad_dirs(tmp_path):
         ckptr.save(tmp_path / "flat", {"w": np.ones(3, np.float32)})
     with pytest.raises(ValueError, match="item {'params': pure dict}"):
         C.restore_params(tmp_path / "flat")
+
+
+def test_reader_streaming_multi_chunk(tmp_path):
+    """Leaves saved sharded are stored as several chunks: along a later axis (streamed chunk by
+    chunk) or along axis 0 (read by tensorstore); both give exact values."""
+    # 1-D meshes without replicas: orbax then writes exactly one chunk per shard
+    mesh_b = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("b",))
+    mesh_a = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("a",))
+    rng = np.random.default_rng(0)
+    ref = {"PaliGemma/llm/layers/x": rng.normal(size=(6, 3, 8)).astype(np.float32),
+           "PaliGemma/llm/layers/y": rng.normal(size=(6, 4, 2)).astype(jnp.bfloat16),
+           "emb": rng.normal(size=(7, 8)).astype(np.float32)}
+    shardings = {"PaliGemma/llm/layers/x": NamedSharding(mesh_b, P(None, None, "b")),
+                 "PaliGemma/llm/layers/y": NamedSharding(mesh_a, P("a")), "emb": NamedSharding(mesh_b, P(None, "b"))}
+    C.save_params(C.unflatten_params({p: jax.device_put(x, shardings[p]) for p, x in ref.items()}), tmp_path / "params")
+    reader = C.ParamsReader(tmp_path / "params", stream_min_bytes=0)
+    x = "PaliGemma/llm/layers/x"
+    assert reader._open(x).spec().to_json()["metadata"]["chunks"] == [6, 3, 2]
+    assert reader._read_streaming(x, reader._open(x), [0]) is not None
+    assert reader._read_streaming("PaliGemma/llm/layers/y", reader._open("PaliGemma/llm/layers/y"), [0]) is None
+    for p, v in ref.items():
+        np.testing.assert_array_equal(reader.read(p), v, err_msg=p)
+        for rows in ([0], [1, 4], [5, 2, 2]):
+            np.testing.assert_array_equal(reader.read(p, layers=rows), v[rows], err_msg=f"{p} {rows}")
