@@ -167,7 +167,9 @@ class OutputTransform:
                  action_dim: int | None = None):
         self.cfg, self.spec = cfg, spec
         self.stats = _ns.require(stats, "actions", cfg.quantile_norm, cfg.norm_stats_for(spec))
-        self.action_dim = action_dim or spec.mapping.action_dim or self.stats.dim
+        # The robot's dims: explicit, else the smaller of the mapping's and the stats' (openpi's older
+        # stats are padded to 32 dims; a LIBERO-layout dataset may carry fewer than LIBERO's 7).
+        self.action_dim = action_dim or min(spec.mapping.action_dim or self.stats.dim, self.stats.dim)
         self.delta_mask = cfg.delta_mask_for(spec)
 
     def __call__(self, actions: np.ndarray, raw_state: np.ndarray | None = None) -> np.ndarray:
