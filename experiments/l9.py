@@ -1,0 +1,14 @@
+r"""π0.5 18 → 9 layer Shallow-π distillation (task + velocity KD + attention KD at the middle layer).
+
+    python -m shallow_pi_jax.train --config experiments/l9.py:demo --workdir /tmp/l9_demo
+    python -m shallow_pi_jax.train --config experiments/l9.py --workdir runs/l9 \
+        --config.teacher.params=/ckpt/pi05_libero/params --config.data.tokenizer_path=...
+
+Args after ':' (comma-separated): demo, pi0, task_only, kd, attn_all, attn_initial, attn_late, scratch, first
+(see shallow_pi_jax/configs.py).
+"""
+from shallow_pi_jax import configs
+
+
+def get_config(arg=None):
+    return configs.distill_config(student_depth=9, arg=arg)
