@@ -34,8 +34,8 @@ class ReachConfig:
     image_size: int = 64
     max_steps: int = 50
     max_step: float = 0.1  # world units moved by a unit action (the table is 2 units wide)
-    touch_radius: float = 0.1
-    hold_steps: int = 3
+    touch_radius: float = 0.12
+    hold_steps: int = 4
     wrist_zoom: float = 2.0
     scene: SceneConfig = SceneConfig()
 

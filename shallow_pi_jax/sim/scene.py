@@ -38,7 +38,7 @@ class SceneConfig:
     min_object_separation: float = 0.45  # centre to centre
     ee_range: float = 0.9  # end-effector start lies in [-ee_range, ee_range]^2
     min_start_distance: float = 0.4  # start this far from every object (never begins touching one)
-    object_size: float = 0.1  # half side of a block, radius of a ball
+    object_size: float = 0.12  # half side of a block, radius of a ball
 
     def __post_init__(self):
         if not 1 <= self.num_objects <= len(PALETTE):
