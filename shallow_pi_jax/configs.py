@@ -39,7 +39,7 @@ def demo_model(pi05: bool = True, depth: int = 18) -> ModelConfig:
         llm=GemmaConfig(width=64, depth=depth, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=16),
         expert=GemmaConfig(width=32, depth=depth, mlp_dim=64, num_heads=4, num_kv_heads=1, head_dim=16),
         siglip=SiglipConfig(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=(8, 8)),
-        vocab_size=512, action_dim=8, action_horizon=10, max_token_len=48, image_keys=DEMO_CAMERAS,
+        vocab_size=512, action_dim=8, action_horizon=10, max_token_len=32, image_keys=DEMO_CAMERAS,
         image_size=(64, 64), dtype="float32")
 
 
@@ -122,7 +122,7 @@ def teacher_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.teacher.params = ""
     c.student.init = "scratch"
     if "demo" in opts:
-        c.num_steps = 1_500
-        c.optim.update(peak_lr=1e-3, warmup_steps=50, decay_steps=1_500, end_lr=5e-5)
-        c.checkpoint_every = 250
+        c.num_steps = 800
+        c.optim.update(peak_lr=1e-3, warmup_steps=50, decay_steps=800, end_lr=5e-5)
+        c.checkpoint_every = 100
     return c
