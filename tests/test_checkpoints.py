@@ -209,7 +209,8 @@ def test_digest_and_bad_dirs(tmp_path):
         C.restore_params(tmp_path / "flat")
 
 
-def test_reader_streaming_multi_chunk(tmp_path):
+@pytest.mark.parametrize("compress", [False, True])
+def test_reader_streaming_multi_chunk(tmp_path, compress):
     """Leaves saved sharded are stored as several chunks: along a later axis (streamed chunk by
     chunk) or along axis 0 (read by tensorstore); both give exact values."""
     # 1-D meshes without replicas: orbax then writes exactly one chunk per shard
@@ -221,10 +222,13 @@ def test_reader_streaming_multi_chunk(tmp_path):
            "emb": rng.normal(size=(7, 8)).astype(np.float32)}
     shardings = {"PaliGemma/llm/layers/x": NamedSharding(mesh_b, P(None, None, "b")),
                  "PaliGemma/llm/layers/y": NamedSharding(mesh_a, P("a")), "emb": NamedSharding(mesh_b, P(None, "b"))}
-    C.save_params(C.unflatten_params({p: jax.device_put(x, shardings[p]) for p, x in ref.items()}), tmp_path / "params")
+    C.save_params(C.unflatten_params({p: jax.device_put(x, shardings[p]) for p, x in ref.items()}), tmp_path / "params",
+                  compress=compress)
     reader = C.ParamsReader(tmp_path / "params", stream_min_bytes=0)
     x = "PaliGemma/llm/layers/x"
-    assert reader._open(x).spec().to_json()["metadata"]["chunks"] == [6, 3, 2]
+    meta = reader._open(x).spec().to_json()["metadata"]
+    assert meta["chunks"] == [6, 3, 2]
+    assert (meta["compressor"] or {}).get("id") == ("zstd" if compress else None)
     assert reader._read_streaming(x, reader._open(x), [0]) is not None
     assert reader._read_streaming("PaliGemma/llm/layers/y", reader._open("PaliGemma/llm/layers/y"), [0]) is None
     for p, v in ref.items():
