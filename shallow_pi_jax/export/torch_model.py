@@ -410,10 +410,9 @@ class Pi0Torch(nn.Module):
         # Rows that may attend nothing (padding, masked cameras) would give all-equal logits; letting
         # them attend to themselves keeps the junk rows finite under any low-precision -inf, and
         # changes no valid row (valid queries never see invalid keys).
-        n_new = mask.shape[1]
-        eye = torch.eye(n_new, dtype=torch.bool, device=mask.device)
-        s_cache = mask.shape[2] - n_new
-        self_diag = torch.cat([torch.zeros(n_new, s_cache, dtype=torch.bool, device=mask.device), eye], dim=1)
+        n_new, n_all = mask.shape[1], mask.shape[2]
+        rows = torch.arange(n_new, device=mask.device) + (n_all - n_new)  # new tokens follow the cache
+        self_diag = rows[:, None] == torch.arange(n_all, device=mask.device)[None, :]
         mask = mask | (self_diag[None] & ~mask.any(dim=-1, keepdim=True))
         ks, vs = [], []
         scale = c.llm.head_dim ** -0.5
@@ -574,7 +573,10 @@ def load_state(model: Pi0Torch, tensors: Mapping[str, torch.Tensor], what: str =
 
 
 def load_pretrained(directory, dtype: str | torch.dtype | None = None, device="cpu") -> Pi0Torch:
-    """Build the model from `directory/config.json` and load `directory/model.safetensors` strictly."""
+    """Build the model from `directory/config.json`, load `directory/model.safetensors` strictly.
+
+    dtype: None keeps the file's precision; otherwise the weights are cast after loading.
+    """
     import pathlib
 
     from safetensors.torch import load_file
@@ -586,11 +588,11 @@ def load_pretrained(directory, dtype: str | torch.dtype | None = None, device="c
     tensors = load_file(str(directory / "model.safetensors"), device=str(device))
     with torch.device("meta"):
         model = Pi0Torch(cfg, meta.get("float32_constants"))
-    model = model.to_empty(device=device)
+    model = model.to_empty(device=device).to(TORCH_DTYPES[meta.get("precision", "float32")])
     # to_empty breaks the lm_head/embed_tokens tie; restore it before loading.
     pg = model.paligemma_with_expert.paligemma
     pg.lm_head.weight = pg.model.language_model.embed_tokens.weight
     load_state(model, tensors, str(directory / "model.safetensors"))
     if dtype is not None:
         model = model.to(TORCH_DTYPES[dtype] if isinstance(dtype, str) else dtype)
-    return model.eval()
+    return model.eval().requires_grad_(False)
