@@ -154,8 +154,10 @@ def test_cli_end_to_end(tmp_path):
 
     # explicit layers, bfloat16, checkpoint root instead of params/
     out2 = tmp_path / "l3"
-    assert tool.main(["--teacher", str(ckpt), "--layers", "2,9,16", "--dtype", "bfloat16",
+    assert tool.main(["--teacher", str(ckpt), "--layers", "2,9,16", "--dtype", "bfloat16", "--compress",
                       "--out", str(out2), "--quiet"]) == 0
+    meta = C.ParamsReader(out2 / "params")._open("PaliGemma/llm/layers/mlp/linear").spec().to_json()["metadata"]
+    assert meta["compressor"]["id"] == "zstd"
     student = C.flatten_params(C.restore_params(out2 / "params"))
     assert all(x.dtype == jnp.bfloat16 for x in student.values())
     _assert_student({p: x.astype(jnp.bfloat16) for p, x in teacher.items()}, student, (2, 9, 16))

@@ -56,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--layers", default=None, help="explicit teacher layers, e.g. 0,3,7,10,14,17")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="keep",
                     help="dtype of the student's params (keep = the teacher's stored dtype)")
+    ap.add_argument("--compress", action="store_true",
+                    help="zstd-compress the student's chunks like openpi's own saves (smaller files, "
+                         "but the save then holds about one extra copy of the student in memory)")
     ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap.parse_args(argv)
@@ -103,7 +106,7 @@ def make_student(args) -> pathlib.Path:
             n_teacher += int(np.prod(reader.shapes[path].shape))
             n_student += int(np.prod(flat[path].shape))
         say("writing student params ...")
-        checkpoints.save_params(checkpoints.unflatten_params(flat), tmp / "params")
+        checkpoints.save_params(checkpoints.unflatten_params(flat), tmp / "params", compress=args.compress)
         del flat
 
         assets = teacher_dir.parent / "assets"
