@@ -30,7 +30,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
-from orbax.checkpoint._src.handlers.base_pytree_checkpoint_handler import BasePyTreeCheckpointHandler
 
 SEP = "/"
 _VALUE_KEY = "value"
@@ -178,7 +177,9 @@ def save_params(params: Mapping, params_dir: str | os.PathLike, *, overwrite: bo
     `params_dir` either does not exist or is complete. Same orbax format as openpi's (OCDBT, zarr
     v2); chunks are stored uncompressed unless `compress` (zstd, as openpi's own saves), because
     compressing costs memory of the order of the whole tree during the save; the price is larger
-    files. Every orbax reader, openpi's restore_params included, reads both.
+    files. Every orbax reader, openpi's restore_params included, reads both. numpy leaves are put
+    on the CPU device first, which reuses their buffer when it is 64-byte aligned and copies it
+    otherwise (make_student reads into aligned buffers for that reason).
     """
     params_dir = pathlib.Path(params_dir).expanduser().resolve()
     flat = flatten_params(params)
@@ -224,8 +225,8 @@ def _bounded_checkpointer(flat: Mapping[str, Any], compress: bool) -> ocp.Checkp
     """
     largest = max(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in flat.values())
     limit = max(largest + (1 << 20), 256 << 20)
-    impl = BasePyTreeCheckpointHandler(save_concurrent_bytes=limit, save_device_host_concurrent_bytes=limit,
-                                       use_ocdbt=True, use_compression=compress)
+    impl = ocp.BasePyTreeCheckpointHandler(save_concurrent_bytes=limit, save_device_host_concurrent_bytes=limit,
+                                           use_ocdbt=True, use_compression=compress)
     return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(handler_impl=impl))
 
 
