@@ -7,7 +7,6 @@ import pytest
 
 from shallow_pi_jax.sim import demo_dataset
 from shallow_pi_jax.sim.env import ReachEnv
-from shallow_pi_jax.sim.render import render_main, render_wrist
 
 NUM, SIZE = 5, 32
 

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from shallow_pi_jax.sim.scene import PALETTE, Scene
+from shallow_pi_jax.sim.scene import PALETTE, Scene, SceneConfig
 
 TABLE_RGB = (205, 190, 160)
 FLOOR_RGB = (60, 60, 66)  # outside the table; only the wrist camera sees it
@@ -79,7 +79,7 @@ class _View:
 
 
 def render_view(scene: Scene, ee, size: int, centre=(0.0, 0.0), half_extent: float = 1.0,
-                object_size: float = 0.1, fingers: bool = False) -> np.ndarray:
+                object_size: float = SceneConfig.object_size, fingers: bool = False) -> np.ndarray:
     """Renders the scene with the end-effector at `ee` as uint8 [size, size, 3]."""
     view = _View(size, centre, half_extent)
     image = _floor(size).copy()
@@ -101,12 +101,13 @@ def render_view(scene: Scene, ee, size: int, centre=(0.0, 0.0), half_extent: flo
     return image
 
 
-def render_main(scene: Scene, ee, size: int, object_size: float = 0.1) -> np.ndarray:
+def render_main(scene: Scene, ee, size: int, object_size: float = SceneConfig.object_size) -> np.ndarray:
     """Top-down camera over the whole table."""
     return render_view(scene, ee, size, object_size=object_size)
 
 
-def render_wrist(scene: Scene, ee, size: int, zoom: float = 2.0, object_size: float = 0.1) -> np.ndarray:
+def render_wrist(scene: Scene, ee, size: int, zoom: float = 2.0,
+                 object_size: float = SceneConfig.object_size) -> np.ndarray:
     """Camera on the gripper: a window of half-width 1/zoom centred on the end-effector."""
     if zoom <= 0:
         raise ValueError(f"zoom: expected > 0, got {zoom}")
