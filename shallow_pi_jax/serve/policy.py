@@ -1,0 +1,270 @@
+"""A servable policy: checkpoint + openpi input/output transforms + a jitted sampler.
+
+    policy = load_policy("runs/l6/student", env="libero", tokenizer_path="paligemma_tokenizer.model")
+    out = policy.infer({"observation/image": img, "observation/wrist_image": wrist,
+                        "observation/state": state, "prompt": "put the bowl on the plate"})
+    out["actions"]            # [horizon, robot action dim], unnormalised (openpi's Policy.infer reply)
+
+A checkpoint directory is either a student written by the trainer / tools/make_student.py
+(`params/`, `model_config.json`, `layer_map.json`, `assets/norm_stats.json`) or an openpi
+checkpoint (`params/`, `assets/<asset_id>/norm_stats.json`); for the latter the sizes are read
+from the param tree and the horizon / prompt length come from the env preset or overrides.
+
+Sampling is jitted once per (batch size, set of cameras with a true mask): cameras whose mask is
+false for the whole batch skip the vision tower (openpi runs it anyway). Their image tokens are
+zeros instead, which is exact: masked prefix tokens are never attended by valid tokens and do not
+shift positions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import time
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from shallow_pi_jax import checkpoints
+from shallow_pi_jax.data import transforms as data_transforms
+from shallow_pi_jax.data.config import DataConfig, DatasetSpec
+from shallow_pi_jax.models.config import ModelConfig
+from shallow_pi_jax.models.loading import load_model
+from shallow_pi_jax.models.observation import validate_observation
+from shallow_pi_jax.models.pi0 import Pi0
+from shallow_pi_jax.serve.presets import EnvPreset, get_preset
+
+
+class CameraSkippingPi0(Pi0):
+    """Pi0 whose vision tower runs only for `active_cameras` (None = all); same params tree."""
+
+    active_cameras: Optional[tuple[str, ...]] = None
+
+    def embed_images(self, obs) -> jax.Array:
+        if self.active_cameras is None:
+            return super().embed_images(obs)
+        c = self.config
+        parts = []
+        for cam in c.image_keys:
+            if cam in self.active_cameras:
+                parts.append(self.PaliGemma.img(obs["images"][cam]))
+            else:
+                b = obs["images"][cam].shape[0]
+                parts.append(jnp.zeros((b, c.tokens_per_image, c.llm.width), jnp.dtype(c.dtype)))
+        return jnp.concatenate(parts, axis=1)
+
+
+def active_cameras(cfg: ModelConfig, image_masks: Mapping[str, Any]) -> tuple[str, ...]:
+    """Cameras whose mask is true for at least one example of the batch (host-side, static)."""
+    return tuple(cam for cam in cfg.image_keys if bool(np.any(np.asarray(image_masks[cam]))))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "num_steps", "active"))
+def _sample(params, obs, noise, *, cfg: ModelConfig, num_steps: int, active: Optional[tuple[str, ...]]):
+    model = CameraSkippingPi0(cfg, active_cameras=active)
+    return model.apply({"params": params}, None, obs, num_steps=num_steps, noise=noise, method="sample_actions")
+
+
+class Policy:
+    """openpi-style policy: `infer(raw observation) -> {"actions", "state", "policy_timing"}`.
+
+    Args:
+      config, params: the model and its openpi params tree.
+      input_transform / output_transform: data.transforms objects (None: observations are already
+        model inputs, replies are model-space actions).
+      num_steps: Euler steps of the flow (openpi: 10).
+      noise_seed: fixed noise for every call (reproducible replies); None draws fresh noise per call
+        from `seed`.
+      skip_masked_cameras: skip the vision tower for cameras masked on the whole batch.
+    """
+
+    def __init__(self, config: ModelConfig, params, *, input_transform=None, output_transform=None,
+                 num_steps: int = 10, noise_seed: int | None = None, seed: int = 0,
+                 skip_masked_cameras: bool = True, metadata: Mapping | None = None):
+        if num_steps < 1:
+            raise ValueError(f"num_steps: expected >= 1, got {num_steps}")
+        self.config = config
+        self.params = params
+        self.input_transform = input_transform
+        self.output_transform = output_transform
+        self.num_steps = int(num_steps)
+        self.noise_seed = noise_seed
+        self.skip_masked_cameras = skip_masked_cameras
+        self._rng = jax.random.PRNGKey(seed)
+        self._metadata = dict(metadata or {})
+
+    @property
+    def metadata(self) -> dict:
+        return dict(self._metadata)
+
+    def noise(self, batch_size: int) -> jax.Array:
+        shape = (batch_size, self.config.action_horizon, self.config.action_dim)
+        if self.noise_seed is not None:
+            return jax.random.normal(jax.random.PRNGKey(self.noise_seed), shape, jnp.float32)
+        self._rng, key = jax.random.split(self._rng)
+        return jax.random.normal(key, shape, jnp.float32)
+
+    def sample(self, obs: Mapping, noise=None) -> np.ndarray:
+        """Model-space actions [B, H, action_dim] for a batch of model inputs."""
+        b = validate_observation(self.config, obs)
+        if noise is None:
+            noise = self.noise(b)
+        noise = jnp.asarray(noise, jnp.float32)
+        want = (b, self.config.action_horizon, self.config.action_dim)
+        if noise.shape != want:
+            raise ValueError(f"noise: expected shape {want}, got {tuple(noise.shape)}")
+        active = active_cameras(self.config, obs["image_masks"]) if self.skip_masked_cameras else None
+        obs = {k: obs[k] for k in ("images", "image_masks", "state", "tokenized_prompt", "tokenized_prompt_mask")}
+        out = _sample(self.params, obs, noise, cfg=self.config, num_steps=self.num_steps, active=active)
+        return np.asarray(jax.device_get(out))
+
+    def infer(self, obs: Mapping, noise=None) -> dict:
+        """One raw robot observation → openpi's reply dict (actions unnormalised for the robot)."""
+        if not isinstance(obs, Mapping):
+            raise ValueError(f"observation: expected a dict, got {type(obs).__name__}")
+        start = time.monotonic()
+        inputs = self.input_transform(obs) if self.input_transform is not None else obs
+        batched = jax.tree.map(lambda x: np.asarray(x)[None], inputs)
+        if noise is not None:
+            noise = np.asarray(noise, np.float32)[None]
+        model_start = time.monotonic()
+        actions = self.sample(batched, noise)[0]
+        model_ms = 1000 * (time.monotonic() - model_start)
+        out = {"state": np.asarray(inputs["state"]), "actions": actions}
+        if self.output_transform is not None:
+            out["actions"] = self.output_transform(actions, raw_state=self._raw_state(obs))
+        out["policy_timing"] = {"infer_ms": 1000 * (time.monotonic() - start), "model_ms": model_ms}
+        return out
+
+    def _raw_state(self, obs: Mapping):
+        """The robot's own state vector (for delta → absolute actions), None if not needed."""
+        ot = self.output_transform
+        if getattr(ot, "delta_mask", None) is None:
+            return None
+        flat = data_transforms._flatten(obs)
+        parts = [data_transforms._lookup(flat, p) for p in ot.spec.mapping.state]
+        if any(p is None for p in parts):
+            return None  # the input transform has already reported the missing field
+        return np.concatenate([np.atleast_1d(np.asarray(p, np.float32)) for p in parts])
+
+
+# ----------------------------------------------------------------------------- loading checkpoints
+
+@dataclasses.dataclass
+class Checkpoint:
+    root: pathlib.Path
+    config: ModelConfig
+    params: Any
+    layer_map: dict | None
+    norm_stats: pathlib.Path | None  # found in assets/, None when there is none
+
+
+def find_norm_stats(root: pathlib.Path, asset_id: str | None = None) -> pathlib.Path | None:
+    """assets/norm_stats.json (our students) or assets/<asset_id>/norm_stats.json (openpi)."""
+    assets = root / "assets"
+    if (assets / "norm_stats.json").is_file():
+        return assets / "norm_stats.json"
+    if asset_id and (assets / asset_id / "norm_stats.json").is_file():
+        return assets / asset_id / "norm_stats.json"
+    found = sorted(assets.rglob("norm_stats.json")) if assets.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise ValueError(f"{assets}: several norm_stats.json ({[str(f.relative_to(assets)) for f in found]}); "
+                         "choose one with --norm-stats")
+    return None
+
+
+def load_checkpoint(path, *, action_horizon: int | None = None, max_token_len: int | None = None,
+                    preset: EnvPreset | None = None, dtype: str | None = None) -> Checkpoint:
+    """Read a student or openpi checkpoint; overrides apply only when there is no model_config.json."""
+    params_dir = checkpoints.resolve_params_dir(path)
+    root = params_dir.parent if params_dir.name == "params" else params_dir
+    cfg_file = root / "model_config.json"
+    if cfg_file.is_file():
+        cfg = ModelConfig.from_dict(json.loads(cfg_file.read_text()))
+        for name, value in (("action_horizon", action_horizon), ("max_token_len", max_token_len)):
+            if value is not None and value != getattr(cfg, name):
+                raise ValueError(f"{name}: the checkpoint's model_config.json says {getattr(cfg, name)}, "
+                                 f"got {value}; a trained model cannot change it")
+    else:
+        shapes = checkpoints.flatten_params(checkpoints.params_shapes(params_dir))
+        pi05 = "time_mlp_in/kernel" in shapes
+        horizon = action_horizon or (preset.horizon(pi05) if preset else 50)
+        cfg = ModelConfig.from_param_shapes({k: v.shape for k, v in shapes.items()}, action_horizon=horizon,
+                                            max_token_len=max_token_len or (200 if pi05 else 48))
+    if dtype is not None:
+        cfg = dataclasses.replace(cfg, dtype=dtype)
+    model, params = load_model(params_dir, config=cfg)
+    del model
+    lm_file = root / "layer_map.json"
+    layer_map = json.loads(lm_file.read_text()) if lm_file.is_file() else None
+    return Checkpoint(root, cfg, params, layer_map, find_norm_stats(root, preset.asset_id if preset else None))
+
+
+def serving_data_config(cfg: ModelConfig, preset: EnvPreset, *, tokenizer_path: str, norm_stats_path,
+                        default_prompt: str | None = None) -> DataConfig:
+    """The data config that turns this robot's observations into `cfg`'s inputs."""
+    if cfg.image_size[0] != cfg.image_size[1]:
+        raise ValueError(f"image_size: serving transforms need square images, got {cfg.image_size}")
+    spec = DatasetSpec(name=f"serve_{preset.name}", mapping=preset.mapping,
+                       delta_action_mask=preset.delta_action_mask)
+    return DataConfig(datasets=(spec,), horizon=cfg.action_horizon, action_dim=cfg.action_dim,
+                      image_size=cfg.image_size[0], max_token_len=cfg.max_token_len,
+                      tokenizer_path=str(tokenizer_path), norm_stats_path=str(norm_stats_path), pi05=cfg.pi05,
+                      discrete_state_input=preset.state_in_prompt, default_prompt=default_prompt,
+                      cameras=cfg.image_keys, augment=False)
+
+
+def demo_tokenizer_path() -> pathlib.Path:
+    """The bundled demo dataset's tokenizer (built offline in seconds on first use)."""
+    from shallow_pi_jax import demo
+
+    return demo._dataset().tokenizer_path
+
+
+def load_policy(checkpoint, *, env: str = "libero", tokenizer_path=None, norm_stats_path=None,
+                num_steps: int = 10, noise_seed: int | None = None, seed: int = 0,
+                action_horizon: int | None = None, max_token_len: int | None = None,
+                default_prompt: str | None = None, skip_masked_cameras: bool = True,
+                dtype: str | None = None) -> Policy:
+    """Checkpoint directory + robot preset → Policy with openpi's input and output transforms."""
+    preset = get_preset(env)
+    ckpt = load_checkpoint(checkpoint, action_horizon=action_horizon, max_token_len=max_token_len,
+                           preset=preset, dtype=dtype)
+    norm_stats_path = norm_stats_path or ckpt.norm_stats
+    if norm_stats_path is None:
+        raise ValueError(f"norm_stats: {ckpt.root}/assets has no norm_stats.json; pass --norm-stats")
+    if not tokenizer_path:
+        if env != "demo":
+            raise ValueError("tokenizer_path: pass --tokenizer (the PaliGemma sentencepiece model; "
+                             "nothing is downloaded at run time)")
+        tokenizer_path = demo_tokenizer_path()
+    data_cfg = serving_data_config(ckpt.config, preset, tokenizer_path=tokenizer_path,
+                                   norm_stats_path=norm_stats_path, default_prompt=default_prompt)
+    c = ckpt.config
+    metadata = {
+        "env": env, "checkpoint": str(ckpt.root), "pi05": c.pi05, "depth": c.depth,
+        "action_horizon": c.action_horizon, "action_dim": c.action_dim, "num_steps": int(num_steps),
+        "cameras": list(c.image_keys), "robot_action_dim": None, "layer_map": ckpt.layer_map,
+    }
+    out_tf = data_transforms.make_output_transform(data_cfg)
+    metadata["robot_action_dim"] = int(out_tf.action_dim)
+    return Policy(c, ckpt.params, input_transform=data_transforms.make_input_transform(data_cfg),
+                  output_transform=out_tf, num_steps=num_steps, noise_seed=noise_seed, seed=seed,
+                  skip_masked_cameras=skip_masked_cameras, metadata=metadata)
+
+
+def warmup_observation(policy: Policy) -> dict:
+    """A model-input batch of one whose camera masks match the robot's mapping (compiles the real path)."""
+    from shallow_pi_jax.models.observation import dummy_observation
+
+    obs = dummy_observation(policy.config, 1)
+    it = policy.input_transform
+    if it is not None:
+        present = set(it.spec.mapping.camera_names)
+        obs["image_masks"] = {cam: np.array([cam in present]) for cam in policy.config.image_keys}
+    return obs

@@ -1,0 +1,75 @@
+"""Tiny, random checkpoints in the trainer's layout, for smoke tests of serving and evaluation.
+
+    root = write_tiny_checkpoint("/tmp/tiny", depth=2)    # params/, model_config.json, assets/norm_stats.json
+    python -m shallow_pi_jax.serve --checkpoint /tmp/tiny --env demo --tokenizer /tmp/tiny/tokenizer.model
+
+Weights are random (perturbed away from init so no zero-initialised path hides anything); the
+actions mean nothing. The tokenizer is the demo task's sentencepiece model.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+
+from shallow_pi_jax import checkpoints
+from shallow_pi_jax.data import norm_stats
+from shallow_pi_jax.models.config import GemmaConfig, ModelConfig, SiglipConfig
+from shallow_pi_jax.models.loading import param_shapes
+
+
+def tiny_config(depth: int = 2, pi05: bool = True, cameras=("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"),
+                action_dim: int = 8, action_horizon: int = 5, max_token_len: int = 40,
+                image_size: int = 16, vocab_size: int = 400) -> ModelConfig:
+    return ModelConfig(
+        pi05=pi05,
+        llm=GemmaConfig(width=32, depth=depth, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=8),
+        expert=GemmaConfig(width=16, depth=depth, mlp_dim=32, num_heads=2, num_kv_heads=1, head_dim=8),
+        siglip=SiglipConfig(width=16, depth=1, mlp_dim=32, num_heads=2, patch_size=(8, 8)),
+        vocab_size=vocab_size, action_dim=action_dim, action_horizon=action_horizon, max_token_len=max_token_len,
+        image_keys=tuple(cameras), image_size=(image_size, image_size))
+
+
+def random_params(cfg: ModelConfig, seed: int = 0, scale: float = 1.0) -> dict:
+    """Random numpy params of `cfg`'s tree. Built with numpy from the abstract shapes: eager flax
+    init compiles op by op, which takes minutes on a loaded 2-core machine."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(x):
+        # 1/sqrt(fan-in) keeps activations O(1) through the stacks; vectors (norms, biases) get 0.1.
+        std = scale / np.sqrt(x.shape[-2]) if len(x.shape) >= 2 else 0.1 * scale
+        return (std * rng.standard_normal(x.shape)).astype(x.dtype)
+
+    return jax.tree.map(leaf, param_shapes(cfg))
+
+
+def tiny_norm_stats(state_dim: int, action_dim: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+
+    def stats(d):
+        mean = rng.normal(size=d)
+        std = rng.uniform(0.5, 2.0, size=d)
+        return norm_stats.NormStats(mean=mean, std=std, q01=mean - 2 * std, q99=mean + 2 * std)
+
+    return {"state": stats(state_dim), "actions": stats(action_dim)}
+
+
+def write_tiny_checkpoint(root, cfg: ModelConfig | None = None, *, params=None, seed: int = 0,
+                          state_dim: int = 8, robot_action_dim: int = 7, layer_map: dict | None = None,
+                          tokenizer: bool = True) -> pathlib.Path:
+    """Write params/, model_config.json, assets/norm_stats.json (and tokenizer.model) under `root`."""
+    root = pathlib.Path(root)
+    cfg = cfg or tiny_config()
+    params = params if params is not None else random_params(cfg, seed)
+    checkpoints.save_params(params, root / "params", overwrite=True)
+    (root / "model_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    if layer_map is not None:
+        (root / "layer_map.json").write_text(json.dumps(layer_map, indent=1) + "\n")
+    norm_stats.save(tiny_norm_stats(state_dim, robot_action_dim, seed), root / "assets" / "norm_stats.json")
+    if tokenizer:
+        from shallow_pi_jax.sim.demo_dataset import train_tokenizer
+
+        (root / "tokenizer.model").write_bytes(train_tokenizer())
+    return root
