@@ -6,7 +6,8 @@
     --config experiments/l6.py:demo               # embedded demo: tiny model, sim data, ~minutes on CPU
     --config experiments/l6.py:pi0,kd             # π0 teacher, task + velocity KD only
 
-Options: demo, pi0 | pi05; losses: task_only, kd (task + velocity KD), full (default: + attention KD),
+Options: demo, tiny (demo shrunk to 32×32 images and a few steps: a smoke test; give teacher.params),
+pi0 | pi05; losses: task_only, kd (task + velocity KD), full (default: + attention KD),
 attn_all (attention over all tokens); attention layer: attn_initial, attn_middle (default), attn_late;
 student init: scratch (random init, task loss: the from-scratch baseline), first (first-L layers map).
 Anything else can be set with `--config.x=y`.
@@ -18,7 +19,7 @@ import ml_collections
 from shallow_pi_jax.data.config import default_config as default_data_config
 from shallow_pi_jax.models.config import GemmaConfig, ModelConfig, SiglipConfig
 
-OPTIONS = ("demo", "pi0", "pi05", "task_only", "kd", "full", "attn_all", "attn_initial", "attn_middle",
+OPTIONS = ("demo", "tiny", "pi0", "pi05", "task_only", "kd", "full", "attn_all", "attn_initial", "attn_middle",
            "attn_late", "scratch", "first")
 
 DEMO_CAMERAS = ("base_0_rgb", "left_wrist_0_rgb")
@@ -46,7 +47,7 @@ def demo_model(pi05: bool = True, depth: int = 18) -> ModelConfig:
 def base_config(opts: set[str], student_depth: int | None) -> ml_collections.ConfigDict:
     """Everything except the method-specific choices; `student_depth=None` = plain training."""
     pi05 = "pi0" not in opts
-    demo = "demo" in opts
+    demo = "demo" in opts or "tiny" in opts
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.workdir = ""  # set by --workdir
@@ -108,7 +109,18 @@ def base_config(opts: set[str], student_depth: int | None) -> ml_collections.Con
         data.norm_stats_path = "demo"
         data.shuffle_buffer = 2_000
     c.data = data
+    if "tiny" in opts:
+        apply_tiny(c)
     return c
+
+
+def apply_tiny(c: ml_collections.ConfigDict) -> None:
+    """Smoke-test sizes: 32×32 images, batch 8, a handful of steps, no augmentation."""
+    c.model.image_size = (32, 32)
+    c.data.image_size = 32
+    c.num_steps, c.batch_size, c.log_every, c.checkpoint_every = 4, 8, 1, 2
+    c.data.augment = False
+    c.data.shuffle_buffer = 64
 
 
 def distill_config(student_depth: int, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -55,9 +55,10 @@ def _host(tree):
     return {k: float(v) for k, v in jax.device_get(tree).items()}
 
 
-def run(config, workdir, *, max_steps: int | None = None, progress: bool = True) -> dict:
-    """Train per `config` in `workdir`; returns the last logged metrics. `max_steps` stops early
-    (for tests and the kill/resume check) without changing the schedule."""
+def run(config, workdir, *, max_steps: int | None = None, progress: bool = True):
+    """Train per `config` in `workdir`; returns (last logged metrics, final TrainState).
+
+    `max_steps` stops early (tests, benchmarks) without changing the schedule."""
     maybe_initialize_distributed(config.distributed)
     workdir = pathlib.Path(workdir).absolute()
     is_main = jax.process_index() == 0
@@ -82,16 +83,18 @@ def run(config, workdir, *, max_steps: int | None = None, progress: bool = True)
         return ts.init_state(build.initial_student(config, spec, teacher_params, init_rng), tx, ema)
 
     state_shapes = jax.eval_shape(fresh_state)
-    if teacher_params is not None:
-        teacher_params = build.teacher_compute_params(teacher_params, spec)
-    teacher_shapes = None if teacher_params is None else jax.eval_shape(lambda: teacher_params)
-    step, st_sh, _ = build.make_step(config, spec, mesh, tx, schedule, state_shapes, teacher_shapes)
+    st_sh = build.state_shardings(state_shapes, mesh)
     if start:
         abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state_shapes, st_sh)
         state = ckpts.restore(abstract)
         print(f"resumed from {workdir / 'checkpoints'} at step {start}")
     else:
         state = jax.jit(fresh_state, out_shardings=st_sh)()
+    # Only now (the student is built from it) is the float32 teacher replaced by its compute-dtype copy.
+    if teacher_params is not None:
+        teacher_params = build.teacher_compute_params(teacher_params, spec)
+    teacher_shapes = None if teacher_params is None else jax.eval_shape(lambda: teacher_params)
+    step, _, _ = build.make_step(config, spec, mesh, tx, schedule, state_shapes, teacher_shapes)
 
     data_cfg = dict(config.data.to_dict(), batch_size=config.batch_size // jax.process_count(),
                     seed=int(config.data.seed) + start)  # a resumed run continues on fresh batches
@@ -146,7 +149,7 @@ def run(config, workdir, *, max_steps: int | None = None, progress: bool = True)
                        config.data.norm_stats_path, config.teacher.params or None)
         if is_main:
             print(f"student written to {workdir / 'student'} (params/ in openpi layout, assets/, layer_map.json)")
-    return last
+    return last, state
 
 
 def main(argv):

@@ -1,0 +1,161 @@
+"""The trainer end to end at smoke-test sizes: sharded KD steps, exports, NaN stop, kill -9 and resume."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from shallow_pi_jax import checkpoints, configs, train
+from shallow_pi_jax.data import norm_stats
+from shallow_pi_jax.data.compute_stats import compute
+from shallow_pi_jax.data.config import DataConfig
+from shallow_pi_jax.distill import build
+from shallow_pi_jax.models.config import ModelConfig
+from shallow_pi_jax.models.loading import init_params, param_shapes
+from shallow_pi_jax.sim.demo_dataset import build_demo_dataset
+from shallow_pi_jax.train_checkpoints import RunCheckpoints
+
+REPO = pathlib.Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A small demo dataset, its norm stats and a random 18-layer tiny teacher in openpi's layout."""
+    root = tmp_path_factory.mktemp("train_assets")
+    ds = build_demo_dataset(root / "data", num_episodes=16)
+    c = configs.distill_config(6, "demo,tiny")
+    c.data.datasets[0]["data_dir"] = str(ds.data_dir)
+    c.data.tokenizer_path = str(ds.tokenizer_path)
+    dc = DataConfig.from_any(c.data)
+    stats = root / "norm_stats.json"
+    norm_stats.save(compute(dc, dc.datasets, progress=False), stats)
+    teacher = root / "teacher" / "params"
+    checkpoints.save_params(jax.device_get(init_params(ModelConfig.from_dict(c.model), jax.random.PRNGKey(3))), teacher)
+    return {"data_dir": str(ds.data_dir), "tokenizer": str(ds.tokenizer_path), "stats": str(stats), "teacher": str(teacher)}
+
+
+def tiny_config(assets, arg="demo,tiny", depth=6):
+    c = configs.distill_config(depth, arg)
+    c.data.datasets[0]["data_dir"] = assets["data_dir"]
+    c.data.tokenizer_path = assets["tokenizer"]
+    c.data.norm_stats_path = assets["stats"]
+    c.teacher.params = assets["teacher"]
+    c.mesh.data, c.mesh.fsdp = 4, 2
+    return c
+
+
+def test_three_distillation_steps_on_a_simulated_8_device_mesh(assets, tmp_path):
+    assert jax.device_count() == 8
+    c = tiny_config(assets)
+    metrics, state = train.run(c, tmp_path, max_steps=3, progress=False)
+    for k in ("loss", "loss/task", "loss/velocity_kd", "loss/attention_kd", "grad_norm", "learning_rate",
+              "samples_per_s", "step_time_s"):
+        assert k in metrics and np.isfinite(metrics[k]), k
+    assert metrics["loss/attention_kd"] > 0 and metrics["loss/velocity_kd"] > 0
+    assert int(state.step) == 3
+    # params are FSDP-sharded over the mesh, not replicated everywhere
+    q = state.params["PaliGemma"]["llm"]["layers"]["mlp"]["linear"]
+    assert q.sharding.spec != jax.sharding.PartitionSpec() and len(q.sharding.device_set) == 8
+
+    student = tmp_path / "student"
+    lm = json.loads((student / "layer_map.json").read_text())
+    assert lm["indices"] == [0, 3, 7, 10, 14, 17] and lm["teacher"] == assets["teacher"]
+    cfg = ModelConfig.from_dict(json.loads((student / "model_config.json").read_text()))
+    assert cfg.depth == 6
+    checkpoints.validate_params(checkpoints.params_shapes(student / "params"), param_shapes(cfg))
+    assert (student / "assets" / "norm_stats.json").exists()
+    assert json.loads((tmp_path / "config.json").read_text())["student"]["depth"] == 6
+    assert any((tmp_path / "tensorboard").iterdir())
+    assert RunCheckpoints(tmp_path, 3).latest_step() == 3
+
+
+def test_plain_training_without_teacher_and_frozen_vision(assets, tmp_path):
+    c = configs.teacher_config("demo,tiny")
+    for k in ("data_dir",):
+        c.data.datasets[0][k] = assets[k]
+    c.data.tokenizer_path, c.data.norm_stats_path = assets["tokenizer"], assets["stats"]
+    c.student.freeze_vision = True
+    c.mesh.data, c.mesh.fsdp = 8, 1
+    params0 = init_params(build.run_spec(c).student_cfg, jax.random.split(jax.random.PRNGKey(c.seed))[0])
+    metrics, state = train.run(c, tmp_path, max_steps=2, progress=False)
+    assert set(k for k in metrics if k.startswith("loss/")) == {"loss/task"}
+    img0 = jax.tree.leaves(params0["PaliGemma"]["img"])
+    img1 = jax.tree.leaves(jax.device_get(state.params["PaliGemma"]["img"]))
+    assert all(np.array_equal(a, b) for a, b in zip(img0, img1)), "frozen vision tower changed"
+    llm0 = params0["PaliGemma"]["llm"]["layers"]["mlp"]["linear"]
+    assert not np.array_equal(llm0, jax.device_get(state.params["PaliGemma"]["llm"]["layers"]["mlp"]["linear"]))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path, monkeypatch):
+    import shallow_pi_jax.data as data_pkg
+
+    real = data_pkg.make_dataset
+
+    def poisoned(cfg, train=True):
+        it = real(cfg, train)
+        for i, b in enumerate(it):
+            if i == 3:  # the batch of step 4
+                b = dict(b, actions=np.full_like(b["actions"], np.nan))
+            yield b
+
+    monkeypatch.setattr(data_pkg, "make_dataset", poisoned)
+    c = tiny_config(assets)
+    with pytest.raises(FloatingPointError, match="non-finite values at step 4"):
+        train.run(c, tmp_path, progress=False)
+    ck = RunCheckpoints(tmp_path, 3)
+    assert ck.latest_step() == 2
+    assert not (tmp_path / "student").exists()
+
+
+CONFIG_FILE = '''
+from shallow_pi_jax import configs
+def get_config(arg=None):
+    c = configs.distill_config(6, "demo,tiny")
+    c.data.datasets[0]["data_dir"] = {data_dir!r}
+    c.data.tokenizer_path, c.data.norm_stats_path, c.teacher.params = {tok!r}, {stats!r}, {teacher!r}
+    c.num_steps, c.checkpoint_every, c.async_checkpoint = 40, 1, False
+    return c
+'''
+
+
+def test_kill_9_and_rerun_resumes_from_last_complete_checkpoint(assets, tmp_path):
+    cfg_file = tmp_path / "cfg.py"
+    cfg_file.write_text(CONFIG_FILE.format(data_dir=assets["data_dir"], tok=assets["tokenizer"],
+                                           stats=assets["stats"], teacher=assets["teacher"]))
+    wd = tmp_path / "run"
+    cmd = [sys.executable, "-m", "shallow_pi_jax.train", f"--config={cfg_file}", f"--workdir={wd}"]
+    env = {**os.environ, "XLA_FLAGS": ""}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (wd / "checkpoints" / "3").exists():
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (wd / "checkpoints" / "3").exists(), "training did not reach step 3 in time"
+    ck = RunCheckpoints(wd, 3)
+    last = ck.latest_step()
+    assert last is not None and last >= 3
+
+    out = subprocess.run(cmd + ["--config.num_steps=" + str(last + 2)], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resumed from {wd / 'checkpoints'} at step {last}" in out.stdout
+    assert RunCheckpoints(wd, 3).latest_step() == last + 2
+
+
+def test_restored_state_is_identical_to_saved_state(assets, tmp_path):
+    c = tiny_config(assets)
+    c.mesh.data, c.mesh.fsdp = 8, 1
+    c.async_checkpoint = False
+    _, state = train.run(c, tmp_path, max_steps=2, progress=False)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    restored = RunCheckpoints(tmp_path, 3).restore(abstract)
+    assert int(restored.step) == int(state.step) == 2
+    for a, b in zip(jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(jax.device_get(state))):
+        np.testing.assert_array_equal(a, b)
