@@ -116,3 +116,30 @@ def teacher_compute_params(params, spec: RunSpec):
     """Cast the frozen teacher to its compute dtype (bfloat16 on accelerators halves its memory)."""
     dt = jnp.dtype(spec.teacher_cfg.dtype)
     return jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dt), p), donate_argnums=0)(params)
+
+
+def abstract_step_inputs(config, mesh, global_batch: int | None = None):
+    """The trainer's jitted step and abstract, sharded arguments for it — no weights, no data.
+
+    For ahead-of-time compilation (`step.lower(*args).compile()`) of the real-size step on any
+    machine: memory and cost analysis come from XLA without allocating a single parameter.
+    """
+    spec = run_spec(config)
+    tx, schedule = optimizer(config)
+    ema = config.optim.ema_decay is not None
+    state_shapes = jax.eval_shape(lambda p: ts.init_state(p, tx, ema), param_shapes(spec.student_cfg))
+    teacher_shapes = None
+    if spec.teacher_cfg is not None:
+        dt = jnp.dtype(spec.teacher_cfg.dtype)
+        teacher_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dt), param_shapes(spec.teacher_cfg))
+    step, st_sh, t_sh = make_step(config, spec, mesh, tx, schedule, state_shapes, teacher_shapes)
+
+    def with_sharding(shapes, shardings):
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+
+    b = global_batch or int(config.batch_size)
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh)),
+                         abstract_batch(spec.student_cfg, b))
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh))
+    teacher = None if teacher_shapes is None else with_sharding(teacher_shapes, t_sh)
+    return step, (with_sharding(state_shapes, st_sh), batch, rng, teacher)

@@ -138,7 +138,7 @@ def make_train_step(student: Pi0, teacher: Optional[Pi0], tx, schedule, cfg: Ste
             ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p, ema, params)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
         metrics = {"loss": total, **{f"loss/{k}": v for k, v in terms.items()},
-                   "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
+                   "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
                    "learning_rate": schedule(state.step)}
         return new_state, metrics
 
