@@ -134,7 +134,7 @@ def teacher_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.teacher.params = ""
     c.student.init = "scratch"
     if "demo" in opts:
-        c.num_steps = 800
-        c.optim.update(peak_lr=1e-3, warmup_steps=50, decay_steps=800, end_lr=5e-5)
+        c.num_steps = 500
+        c.optim.update(peak_lr=1e-3, warmup_steps=30, decay_steps=500, end_lr=5e-5)
         c.checkpoint_every = 100
     return c
