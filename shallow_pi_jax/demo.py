@@ -6,7 +6,6 @@ the package, and trained with this repo's trainer if it is ever missing).
 """
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 
@@ -23,7 +22,8 @@ def cache_dir() -> pathlib.Path:
 def _dataset():
     from shallow_pi_jax.sim.demo_dataset import build_demo_dataset
 
-    return build_demo_dataset(cache_dir() / "demo_data")
+    # Our own cache: a build from an older generator is replaced (with its norm stats) rather than refused.
+    return build_demo_dataset(cache_dir() / "demo_data", overwrite=True)
 
 
 def norm_stats_path(data_config) -> pathlib.Path:
@@ -81,9 +81,3 @@ def demo_teacher(config) -> pathlib.Path:
             f.rename(built / "assets" / f.name)
     return built / "params"
 
-
-def write_json(path: pathlib.Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
