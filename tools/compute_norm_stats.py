@@ -3,7 +3,7 @@
 From an experiment config (uses its config.data: datasets, horizon, delta mask; writes to each
 dataset's `norm_stats` path, or to data.norm_stats_path for all datasets together):
 
-    python tools/compute_norm_stats.py --config experiments/l6.py:libero
+    python tools/compute_norm_stats.py --config my_experiment.py   # an experiment file with real data paths
 
 Or explicitly:
 
