@@ -1,0 +1,91 @@
+"""FLOP counting with unrolled scans, the vision/prefix/denoise split, and the bench CLI (tiny sizes)."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from shallow_pi_jax.serve import costs
+from shallow_pi_jax.serve.testing import tiny_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _scan_matmuls(x, w):
+    def body(c, _):
+        return jnp.tanh(c @ w), c.sum()
+    return jax.lax.scan(body, x, None, length=10)
+
+
+def test_unrolled_scan_counts_every_iteration_and_computes_the_same():
+    x = jax.ShapeDtypeStruct((64, 64), jnp.float32)
+    one_matmul = 2 * 64 ** 3
+    rolled = costs.xla_flops(_scan_matmuls, x, x, unroll=False)
+    unrolled = costs.xla_flops(_scan_matmuls, x, x)
+    assert rolled < 2 * one_matmul  # XLA counts a loop body once: why unrolling is needed
+    assert abs(unrolled - 10 * one_matmul) / (10 * one_matmul) < 0.02
+    rng = np.random.default_rng(0)
+    a, b = (jnp.asarray(rng.normal(size=(64, 64)) / 8, jnp.float32) for _ in range(2))
+    want, got = _scan_matmuls(a, b), costs.unroll_scans(_scan_matmuls)(a, b)
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], atol=1e-4)
+
+
+def test_reverse_scan_and_stacked_outputs():
+    def f(xs):
+        return jax.lax.scan(lambda c, x: (c + x, c * x), jnp.zeros(3), xs, reverse=True)
+
+    xs = jnp.arange(12.0).reshape(4, 3)
+    for w, g in zip(f(xs), costs.unroll_scans(f)(xs)):
+        np.testing.assert_array_equal(w, g)
+
+
+@pytest.fixture(scope="module")
+def tiny_flops():
+    cfg = tiny_config(depth=2)
+    return cfg, {s: costs.inference_flops(cfg, num_steps=s, compiled=False) for s in (2, 4)}
+
+
+def test_split_is_consistent(tiny_flops):
+    cfg, f = tiny_flops
+    two, four = f[2], f[4]
+    # Same prefix / vision whatever the number of steps; denoising is linear in the steps.
+    assert two.vision == four.vision and two.prefix == four.prefix
+    assert abs(four.denoise - 2 * two.denoise) / four.denoise < 0.01
+    assert min(two.vision, two.prefix, two.denoise) > 0
+    # Vision is per camera: two of three cameras cost two thirds.
+    two_cams = costs.vision_flops(cfg, cfg.image_keys[:2], compiled=False)
+    assert abs(two_cams - 2 / 3 * two.vision) / two.vision < 1e-6
+
+
+def test_student_costs_less_where_layers_are_removed(tiny_flops):
+    cfg, f = tiny_flops
+    student = costs.inference_flops(cfg.with_depth(1), num_steps=2, compiled=False)
+    teacher = f[2]
+    assert student.vision == teacher.vision  # SigLIP is not distilled
+    # Halving the layers roughly halves the layer stacks (embedding / heads stay).
+    assert 1.6 < teacher.prefix / student.prefix < 2.05
+    assert 1.6 < teacher.denoise / student.denoise < 2.05
+
+
+def test_bench_cli_tiny(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "bench_inference.py"), "--flops-size", "tiny", "--latency-size",
+           "tiny", "--teacher-depth", "2", "--student-depth", "1", "--num-steps", "2", "--repeats", "2",
+           "--warmup", "0", "--fast-flops", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "| total |" in res.stdout and "teacher L2" in res.stdout and "student L1" in res.stdout
+    assert "Skipping SigLIP on the masked camera" in res.stdout
+    r = json.loads(out.read_text())
+    t3 = r["flops"]["teacher"]["3 cameras"]
+    t2 = r["flops"]["teacher"]["2 cameras (masked 3rd skipped)"]
+    assert t2["total"] < t3["total"] and t2["prefix"] == t3["prefix"]
+    assert r["latency"]["student"]["3 cameras"]["median_ms"] > 0
+    bad = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_inference.py"), "--student-depth", "0"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and "--student-depth" in bad.stderr

@@ -1,0 +1,73 @@
+"""tools/evaluate.py on held-out demo episodes, and tools/layer_similarity.py (tiny random checkpoints)."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+from shallow_pi_jax.serve.testing import tiny_config, write_tiny_checkpoint
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import evaluate  # noqa: E402
+
+
+def test_error_accumulator_per_step():
+    acc = evaluate.ErrorAccumulator()
+    truth = np.zeros((2, 3, 2))
+    pred = np.zeros((2, 3, 2))
+    pred[:, 1, 0] = 2.0   # step 2, dim 0 is off by 2 in both frames
+    pred[0, 2, :] = -1.0  # step 3 off by 1 in one frame
+    acc.add(pred[:1], truth[:1])
+    acc.add(pred[1:], truth[1:])
+    s = acc.summary()
+    np.testing.assert_allclose(s["mae_per_step"], [0.0, 1.0, 0.5])
+    np.testing.assert_allclose(s["rmse_per_step"], [0.0, np.sqrt(2.0), np.sqrt(0.5)])
+    np.testing.assert_allclose(s["mae_per_dim"], [2.5 / 3, 0.5 / 3])
+    assert s["frames"] == 2
+
+
+def test_evaluate_cli_on_held_out_demo_episodes(tmp_path):
+    cfg = tiny_config(depth=2, cameras=("base_0_rgb", "left_wrist_0_rgb"), action_horizon=4)
+    student = write_tiny_checkpoint(tmp_path / "student", cfg, seed=0, state_dim=2, robot_action_dim=2,
+                                    layer_map={"teacher_depth": 4, "indices": [0, 3]})
+    teacher = write_tiny_checkpoint(tmp_path / "teacher", cfg.with_depth(4), seed=1, state_dim=2, robot_action_dim=2)
+    # The student's normalisation is the teacher's (as the trainer exports it).
+    (student / "assets" / "norm_stats.json").write_text((teacher / "assets" / "norm_stats.json").read_text())
+    env = dict(os.environ, SHALLOW_PI_CACHE=str(tmp_path / "cache"))
+    base = [sys.executable, str(ROOT / "tools" / "evaluate.py"), "--env", "demo", "--episodes", "2",
+            "--batch-size", "8", "--max-frames", "20", "--num-steps", "3"]
+
+    def run(*extra):
+        return subprocess.run(base + list(extra), capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+
+    res = run("--checkpoint", str(student), "--teacher", str(teacher), "--out", str(tmp_path / "eval"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert (tmp_path / "eval" / "action_error.png").stat().st_size > 1000
+    assert set(s["errors"]) == {"student_vs_truth", "teacher_vs_truth", "student_vs_teacher"}
+    for res_ in s["errors"].values():
+        assert res_["frames"] == 20 and len(res_["mae_per_step"]) == 4 and len(res_["mae_per_dim"]) == 2
+        assert res_["mae"] > 0
+    assert s["student_depth"] == 2 and s["teacher_depth"] == 4 and s["layer_map"]["indices"] == [0, 3]
+    # Triangle inequality on the MAE of the same frames and noise.
+    e = s["errors"]
+    assert e["student_vs_truth"]["mae"] <= e["teacher_vs_truth"]["mae"] + e["student_vs_teacher"]["mae"] + 1e-9
+
+    # A teacher evaluated against itself: zero error (same batches, same noise), ground truth error unchanged.
+    res = run("--checkpoint", str(teacher), "--teacher", str(teacher), "--out", str(tmp_path / "self"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    s2 = json.loads((tmp_path / "self" / "summary.json").read_text())["errors"]
+    assert s2["student_vs_teacher"]["mae"] == 0.0
+    assert s2["student_vs_truth"]["mae"] == s2["teacher_vs_truth"]["mae"] == e["teacher_vs_truth"]["mae"]
+
+    res = run("--checkpoint", str(student), "--out", str(tmp_path / "eval"))
+    assert res.returncode == 2 and "exists" in res.stderr
+    other = write_tiny_checkpoint(tmp_path / "other", tiny_config(depth=1, action_horizon=6,
+                                  cameras=("base_0_rgb", "left_wrist_0_rgb")), state_dim=2, robot_action_dim=2)
+    res = run("--checkpoint", str(student), "--teacher", str(other), "--out", str(tmp_path / "x"))
+    assert res.returncode == 2 and "teacher.action_horizon" in res.stderr
+    assert not (tmp_path / "x").exists()
