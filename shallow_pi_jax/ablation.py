@@ -56,7 +56,7 @@ class AblationConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 300  # training steps per arm (the demo config's default)
     teacher: str = ""  # a teacher checkpoint dir (params/ + assets/norm_stats.json); "" = train one
-    teacher_steps: int = 800
+    teacher_steps: int = 800  # 0 = a random-init teacher (smoke tests: saves one compilation)
     episodes: int = 200
     eval_seed: int = 100_000  # evaluation episodes use reset seeds eval_seed .. eval_seed + episodes - 1
     replan_every: int = 5
@@ -70,7 +70,9 @@ class AblationConfig:
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown:
             raise ValueError(f"arms: unknown {unknown}; expected some of {list(ARMS)}")
-        for name in ("steps", "teacher_steps", "episodes", "replan_every", "num_envs", "latency_reps"):
+        if self.teacher_steps < 0:
+            raise ValueError(f"teacher_steps: expected >= 0, got {self.teacher_steps}")
+        for name in ("steps", "episodes", "replan_every", "num_envs", "latency_reps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if not self.depths or any(d < 1 for d in self.depths):
@@ -220,10 +222,31 @@ def ensure_teacher(cfg: AblationConfig, out: pathlib.Path, log) -> pathlib.Path:
     run_dir = out / "teacher"
     done = run_dir / "DONE"
     if not done.exists():
-        log(f"training the teacher ({cfg.teacher_steps} steps) in {run_dir}")
-        train.run(teacher_run_config(cfg), run_dir)
+        if cfg.teacher_steps == 0:
+            log(f"writing a random-init teacher to {run_dir} (teacher_steps=0: smoke test only)")
+            random_teacher(teacher_run_config(cfg), run_dir / "student")
+        else:
+            log(f"training the teacher ({cfg.teacher_steps} steps) in {run_dir}")
+            train.run(teacher_run_config(cfg), run_dir)
         done.write_text("ok\n")
     return run_dir / "student"
+
+
+def random_teacher(c, out_dir: pathlib.Path) -> None:
+    """An untrained full-depth model exported like a trained one (params/, model_config.json, assets/)."""
+    import jax
+
+    from shallow_pi_jax import demo
+    from shallow_pi_jax.models.config import ModelConfig
+    from shallow_pi_jax.models.loading import init_params
+    from shallow_pi_jax.train_checkpoints import export_student
+
+    c = demo.resolve(c)
+    cfg = ModelConfig.from_dict(c.model)
+    params = jax.device_get(init_params(cfg, jax.random.PRNGKey(c.seed)))
+    if out_dir.exists():  # a half-written one from an interrupted call
+        shutil.rmtree(out_dir)
+    export_student(params, out_dir, cfg.to_dict(), None, c.data.norm_stats_path, None)
 
 
 def run(cfg: AblationConfig, log: Callable[[str], None] = print, progress: bool = True) -> dict:

@@ -4,6 +4,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -82,24 +83,26 @@ def test_summary_pools_seeds_with_a_wilson_interval_and_writes_the_report(tmp_pa
 
 def test_quick_ablation_runs_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "abl"
-    env = dict(os.environ, SHALLOW_PI_CACHE=str(tmp_path / "cache"))
+    # The demo dataset cache is validated and built atomically, so tests may share one across runs.
+    cache = os.environ.get("SHALLOW_PI_TEST_CACHE", os.path.join(tempfile.gettempdir(), "shallow_pi_jax_test_cache"))
+    env = dict(os.environ, SHALLOW_PI_CACHE=cache)
     cmd = [sys.executable, str(REPO / "tools" / "run_ablation.py"), "--quick", "--out", str(out), "--no-progress"]
     t0 = time.time()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     first = time.time() - t0
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [(r["depth"], r["arm"]) for r in rows] == [(18, "teacher"), (6, "task_only"), (6, "full")]
+    assert [(r["depth"], r["arm"]) for r in rows] == [(18, "teacher"), (6, "full"), (6, "untrained")]
     for r in rows:
         assert r["episodes"] == 20 and 0 <= r["successes"] <= 20 and r["latency_ms"] > 0
         assert r["ci95"][0] <= r["success_rate"] <= r["ci95"][1]
-    for name in ("teacher", "L6_task_only_s0", "L6_full_s0"):
+    for name in ("teacher", "L6_untrained_s0", "L6_full_s0"):
         res = json.loads((out / "results" / f"{name}.json").read_text())
         assert [e["seed"] for e in res["per_episode"]] == list(range(100_000, 100_020))
     full = json.loads((out / "results" / "L6_full_s0.json").read_text())
     assert full["train_steps"] == 10 and full["final_train_metrics"]["loss/attention_kd"] > 0
-    task = json.loads((out / "results" / "L6_task_only_s0.json").read_text())
-    assert task["final_train_metrics"]["loss/velocity_kd"] == 0 or "loss/velocity_kd" not in task["final_train_metrics"]
+    untrained = json.loads((out / "results" / "L6_untrained_s0.json").read_text())
+    assert untrained["train_steps"] == 0 and untrained["depth"] == 6 and not (out / "runs" / "L6_untrained_s0").exists()
     assert json.loads((out / "runs" / "L6_full_s0" / "student" / "layer_map.json").read_text())["indices"] == \
         [0, 3, 7, 10, 14, 17]
     assert not (out / "runs" / "L6_full_s0" / "checkpoints").exists()

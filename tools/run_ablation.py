@@ -28,7 +28,7 @@ except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from shallow_pi_jax import ablation  # noqa: E402
 
-QUICK = dict(arms="task_only,full", depths="6", seeds="0", steps=10, teacher_steps=10, episodes=20, num_envs=20,
+QUICK = dict(arms="untrained,full", depths="6", seeds="0", steps=10, teacher_steps=0, episodes=20, num_envs=20,
              latency_reps=5)
 
 
@@ -44,7 +44,7 @@ def parse(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output directory (resumable)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke budget: tiny 32 px model, teacher and 2 arms × 1 seed × 10 steps, 20 episodes "
+                   help="smoke budget: tiny 32 px model, random-init teacher, arms untrained,full × 1 seed × 10 steps, 20 episodes "
                         "(explicit options still win)")
     p.add_argument("--arms", default=None, help=f"comma-separated arms (default: all of {','.join(ablation.ARMS)})")
     p.add_argument("--depths", default=None, help="student depths (default: 6)")
@@ -52,7 +52,7 @@ def parse(argv):
     p.add_argument("--steps", type=int, default=None, help="training steps per arm (default: 300)")
     p.add_argument("--teacher", default="", help="teacher checkpoint dir (params/, model_config.json, "
                    "assets/norm_stats.json); default: train one under --out")
-    p.add_argument("--teacher-steps", type=int, default=None, help="steps when training the teacher (default: 800)")
+    p.add_argument("--teacher-steps", type=int, default=None, help="steps when training the teacher (default: 800; 0 = random init, for smoke tests)")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes per model (default: 200)")
     p.add_argument("--eval-seed", type=int, default=100_000, help="first evaluation reset seed (default: 100000)")
     p.add_argument("--replan-every", type=int, default=5, help="actions executed per chunk (default: 5)")
