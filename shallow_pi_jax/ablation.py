@@ -23,8 +23,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from shallow_pi_jax import configs
-from shallow_pi_jax.demo import write_json
 from shallow_pi_jax.sim.closed_loop import evaluate, wilson_interval
+
+def write_json(path: pathlib.Path, obj) -> None:
+    """Atomic: a reader (or a resumed run) never sees a half-written result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
 
 # arm name → (options for configs.distill_config, what it tests)
 ARMS = {
