@@ -47,7 +47,7 @@ def test_reverse_scan_and_stacked_outputs():
 @pytest.fixture(scope="module")
 def tiny_flops():
     cfg = tiny_config(depth=2)
-    return cfg, {s: costs.inference_flops(cfg, num_steps=s, compiled=False) for s in (2, 4)}
+    return cfg, {s: costs.inference_flops(cfg, num_steps=s, compiled=False, check_whole=True) for s in (2, 4)}
 
 
 def test_split_is_consistent(tiny_flops):
@@ -56,15 +56,24 @@ def test_split_is_consistent(tiny_flops):
     # Same prefix / vision whatever the number of steps; denoising is linear in the steps.
     assert two.vision == four.vision and two.prefix == four.prefix
     assert abs(four.denoise - 2 * two.denoise) / four.denoise < 0.01
+    # sample_actions in one piece agrees, less the last layer's unused prefix work XLA removes there.
+    for f_ in (two, four):
+        # (all of that layer but its key/value projections, which the cache needs).
+        assert 0.5 * f_.prefix / cfg.depth < f_.total - f_.whole < f_.prefix / cfg.depth
     assert min(two.vision, two.prefix, two.denoise) > 0
     # Vision is per camera: two of three cameras cost two thirds.
     two_cams = costs.vision_flops(cfg, cfg.image_keys[:2], compiled=False)
     assert abs(two_cams - 2 / 3 * two.vision) / two.vision < 1e-6
 
 
+def teacher_total(f):
+    return f[2].total
+
+
 def test_student_costs_less_where_layers_are_removed(tiny_flops):
     cfg, f = tiny_flops
     student = costs.inference_flops(cfg.with_depth(1), num_steps=2, compiled=False)
+    assert student.total < teacher_total(f)
     teacher = f[2]
     assert student.vision == teacher.vision  # SigLIP is not distilled
     # Halving the layers roughly halves the layer stacks (embedding / heads stay).
