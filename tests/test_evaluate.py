@@ -1,6 +1,5 @@
 """tools/evaluate.py on held-out demo episodes, and tools/layer_similarity.py (tiny random checkpoints)."""
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -30,19 +29,21 @@ def test_error_accumulator_per_step():
     assert s["frames"] == 2
 
 
-def test_evaluate_cli_on_held_out_demo_episodes(tmp_path):
+def test_evaluate_cli_on_held_out_demo_episodes(tmp_path, monkeypatch, capsys):
     cfg = tiny_config(depth=2, cameras=("base_0_rgb", "left_wrist_0_rgb"), action_horizon=4)
     student = write_tiny_checkpoint(tmp_path / "student", cfg, seed=0, state_dim=2, robot_action_dim=2,
                                     layer_map={"teacher_depth": 4, "indices": [0, 3]})
     teacher = write_tiny_checkpoint(tmp_path / "teacher", cfg.with_depth(4), seed=1, state_dim=2, robot_action_dim=2)
     # The student's normalisation is the teacher's (as the trainer exports it).
     (student / "assets" / "norm_stats.json").write_text((teacher / "assets" / "norm_stats.json").read_text())
-    env = dict(os.environ, SHALLOW_PI_CACHE=str(tmp_path / "cache"))
-    base = [sys.executable, str(ROOT / "tools" / "evaluate.py"), "--env", "demo", "--episodes", "2",
-            "--batch-size", "8", "--max-frames", "20", "--num-steps", "3"]
+    monkeypatch.setenv("SHALLOW_PI_CACHE", str(tmp_path / "cache"))
+    base = ["--env", "demo", "--episodes", "2", "--batch-size", "8", "--max-frames", "20", "--num-steps", "3"]
 
     def run(*extra):
-        return subprocess.run(base + list(extra), capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+        # In-process (one jax/TF start-up, shared compile cache); the CLI's own entry point.
+        rc = evaluate.main(base + list(extra))
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(extra, rc, out.out, out.err)
 
     res = run("--checkpoint", str(student), "--teacher", str(teacher), "--out", str(tmp_path / "eval"))
     assert res.returncode == 0, res.stderr[-3000:]
