@@ -38,7 +38,6 @@ from tqdm import tqdm
 
 from shallow_pi_jax.data import norm_stats as ns
 from shallow_pi_jax.data import transforms as data_transforms
-from shallow_pi_jax.data.config import DataConfig, DatasetSpec
 from shallow_pi_jax.serve.policy import Policy, demo_tokenizer_path, load_checkpoint, serving_data_config
 from shallow_pi_jax.serve.presets import get_preset
 
