@@ -169,6 +169,17 @@ def _leaf_shardings(sharding, meta: dict[str, Any], dtype) -> dict[str, jax.shar
     raise ValueError(f"sharding: expected a Sharding, a pytree of them or a callable, got {type(sharding).__name__}")
 
 
+def replace_dir(tmp: pathlib.Path, dst: pathlib.Path) -> None:
+    """Move a fully written `tmp` directory to `dst`, replacing any old `dst` only at the very end."""
+    if dst.exists():
+        trash = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        dst.rename(trash)
+        tmp.rename(dst)
+        shutil.rmtree(trash)
+    else:
+        tmp.rename(dst)
+
+
 def save_params(params: Mapping, params_dir: str | os.PathLike, *, overwrite: bool = False,
                 compress: bool = False) -> pathlib.Path:
     """Write `params` (pure dict of numpy or jax arrays) as openpi does: item {"params": params}.
@@ -202,13 +213,7 @@ def save_params(params: Mapping, params_dir: str | os.PathLike, *, overwrite: bo
     try:
         with _bounded_checkpointer(flat, compress) as ckptr:
             ckptr.save(tmp, args=ocp.args.PyTreeSave({"params": tree}))
-        if params_dir.exists():
-            trash = params_dir.parent / f".{params_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            params_dir.rename(trash)
-            tmp.rename(params_dir)
-            shutil.rmtree(trash)
-        else:
-            tmp.rename(params_dir)
+        replace_dir(tmp, params_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -126,13 +126,7 @@ def make_student(args) -> pathlib.Path:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (tmp / "layer_map.json").write_text(json.dumps(record, indent=1) + "\n")
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash)
-        else:
-            tmp.rename(out)
+        checkpoints.replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -93,24 +93,21 @@ def make_train_step(student: Pi0, teacher: Optional[Pi0], tx, schedule, cfg: Ste
             image_tokens = jax.lax.stop_gradient(
                 student.apply({"params": state.params}, obs, method=Pi0.embed_images))
 
-        v_teacher = attn_teacher = None
-        if teacher is not None:
-            t_prefix = None
-            if image_tokens is not None:
-                t_prefix = teacher.apply({"params": teacher_params}, obs, image_tokens, method=Pi0.embed_prefix)
-            v_teacher, attn_teacher, _ = teacher.apply(
-                {"params": teacher_params}, obs, ft.x_t, ft.time, attn_layers=t_layers if use_attn else (),
-                attn_queries=cfg.attn_queries, prefix=t_prefix, method=Pi0.forward)
-            v_teacher = jax.lax.stop_gradient(v_teacher.astype(jnp.float32))
-            attn_teacher = None if attn_teacher is None else jax.lax.stop_gradient(attn_teacher)
-
-        def loss_fn(params):
+        def run(model, params, layers):
+            """(v, attention at `layers`, prefix mask); the prefix reuses shared image tokens if any."""
             prefix = None
             if image_tokens is not None:
-                prefix = student.apply({"params": params}, obs, image_tokens, method=Pi0.embed_prefix)
-            v, attn, prefix_mask = student.apply(
-                {"params": params}, obs, ft.x_t, ft.time, attn_layers=s_layers if use_attn else (),
-                attn_queries=cfg.attn_queries, prefix=prefix, method=Pi0.forward)
+                prefix = model.apply({"params": params}, obs, image_tokens, method=Pi0.embed_prefix)
+            return model.apply({"params": params}, obs, ft.x_t, ft.time, attn_layers=layers if use_attn else (),
+                               attn_queries=cfg.attn_queries, prefix=prefix, method=Pi0.forward)
+
+        v_teacher = attn_teacher = None
+        if teacher is not None:
+            v_teacher, attn_teacher, _ = jax.lax.stop_gradient(run(teacher, teacher_params, t_layers))
+            v_teacher = v_teacher.astype(jnp.float32)
+
+        def loss_fn(params):
+            v, attn, prefix_mask = run(student, params, s_layers)
             terms = {"task": losses.flow_matching_loss(v, ft.u_t)}
             if teacher is not None:
                 terms["velocity_kd"] = losses.velocity_kd_loss(v, v_teacher)
