@@ -1,0 +1,108 @@
+"""TPU ahead-of-time compilation (shallow_pi_jax/aot.py, tools/aot_compile.py) on a CPU-only host.
+
+The tiny config's fused distillation step is compiled for a 4-chip v5e slice by libtpu's compiler;
+without libtpu these tests are skipped with the reason (never passed silently).
+"""
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from shallow_pi_jax import aot
+
+ROOT = pathlib.Path(__file__).parents[1]
+NO_LIBTPU = aot.libtpu_missing()
+needs_libtpu = pytest.mark.skipif(NO_LIBTPU is not None, reason=str(NO_LIBTPU))
+aot.quiet_libtpu_env()
+
+
+def l6(arg=None):
+    spec = importlib.util.spec_from_file_location("l6", ROOT / "experiments" / "l6.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+def test_matmul_flops_counts_loop_trips_and_remat():
+    n, d, length = 4, 8, 3
+
+    def f(x, w):
+        def body(c, _):
+            return jax.checkpoint(lambda c: jnp.tanh(c @ w))(c), None
+        return jax.lax.scan(body, x, None, length=length)[0].sum()
+
+    x, w = jnp.ones((n, d)), jnp.ones((d, d))
+    one = 2 * n * d * d
+    assert aot.matmul_flops(f, x, w) == length * one
+    # grad wrt w: forward, then per layer: recompute (remat), d/dc and d/dw.
+    assert aot.matmul_flops(jax.grad(f, argnums=1), x, w) == length * one + length * 3 * one
+
+
+def test_matmul_flops_convolution():
+    x = jnp.ones((2, 16, 16, 3))
+    k = jnp.ones((4, 4, 3, 5))
+    f = lambda x, k: jax.lax.conv_general_dilated(x, k, (4, 4), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert aot.matmul_flops(f, x, k) == 2 * (2 * 4 * 4 * 5) * (4 * 4 * 3)
+
+
+def test_unroll_scans_same_result_no_loop():
+    def f(x, w):
+        return jax.lax.scan(lambda c, _: (jnp.sin(c @ w), c.sum()), x, None, length=4)
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 5))
+    w = jax.random.normal(jax.random.PRNGKey(1), (5, 5))
+    g = aot.unroll_scans(f, x, w)
+    np.testing.assert_allclose(np.asarray(g(x, w)[0]), np.asarray(f(x, w)[0]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(g(x, w)[1]), np.asarray(f(x, w)[1]), rtol=1e-6)
+    assert "while" in jax.jit(f).lower(x, w).as_text()
+    assert "while" not in jax.jit(g).lower(x, w).as_text()
+
+
+def test_extrapolated_cost_matches_full_unroll_on_cpu():
+    """The depth-linear model from depth 1 and 2 reproduces XLA's count of the fully unrolled program."""
+    def make(depths):
+        def f(x, w):
+            return jax.lax.scan(lambda c, _: (jnp.tanh(c @ w), None), x, None, length=depths["layers"])[0]
+        return f, (jax.ShapeDtypeStruct((64, 128), jnp.float32), jax.ShapeDtypeStruct((128, 128), jnp.float32))
+
+    est = aot.extrapolated_cost(make, {"layers": 7}, {"layers": 1})
+    fn, args = make({"layers": 7})
+    full = aot.xla_cost(aot.compile_timed(aot.unroll_scans(fn, *args), args)[0])
+    looped = aot.xla_cost(aot.compile_timed(fn, args)[0])
+    assert est["flops"] == pytest.approx(full["flops"], rel=1e-6)
+    assert looped["flops"] < full["flops"] / 3  # the reason for all this: a loop body counted once
+
+
+def test_bad_topology_and_mesh_names():
+    with pytest.raises(ValueError, match="topology"):
+        aot.tpu_topology("v9:4x4")
+    with pytest.raises(ValueError, match="mesh"):
+        aot.parse_mesh("data=2,model=4", l6("tiny"))
+    assert aot.parse_mesh("data=2,fsdp=8", l6("tiny")) == (2, 8)
+    assert aot.parse_mesh("fsdp=4", l6("tiny")) == (-1, 4)
+    assert aot.parse_mesh(None, l6("tiny")) == (1, -1)
+
+
+@needs_libtpu
+def test_tiny_fused_step_compiles_for_v5e_2x2():
+    from shallow_pi_jax import sharding
+
+    topo = aot.tpu_topology("v5e:2x2")
+    assert len(topo.devices) == 4 and topo.devices[0].platform == "tpu"
+    config = l6("tiny")
+    mesh = sharding.make_mesh(1, -1, devices=topo.devices)
+    r = aot.train_step_report(config, mesh, topo.chip, global_batch=8, kind="kd", topology=topo.name, estimate=False)
+    mem = r.memory
+    # Sanity of the memory analysis: the state is FSDP-sharded, so the arguments a chip holds lie between
+    # its 1/4 share and the whole (replicated small leaves); the state is donated (aliased outputs).
+    step, (state, batch, rng, teacher) = aot.train_step_and_args(aot.step_config(config, "kd"), mesh, 8)
+    nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+    whole = nbytes(state) + nbytes(batch) + nbytes(teacher)
+    assert whole / 4 <= mem["argument"] <= whole, (mem, whole)
+    assert mem["alias"] >= 0.9 * nbytes(state) / 4, mem
+    assert mem["temp"] > 0 and mem["generated_code"] > 0
+    assert 0 < mem["total"] < topo.chip.hbm_bytes and r.fits
+    assert r.matmul_flops > 0 and r.loop_once["flops"] > 0
