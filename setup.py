@@ -23,5 +23,6 @@ setuptools.setup(
         "export": ["onnx", "onnxruntime"],
         "serve": ["openpi-client"],
         "test": ["pytest", "onnx", "onnxruntime"],
+        "tpu": ["jax[tpu]==0.10.2", "libtpu==0.0.42.1"],  # libtpu matching jax 0.10.2 (also the AOT TPU compiler)
     },
 )
