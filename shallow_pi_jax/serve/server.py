@@ -24,7 +24,7 @@ import traceback
 from typing import Callable, Mapping
 
 import numpy as np
-from openpi_client import msgpack_numpy
+from shallow_pi_jax.serve import wire
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -73,7 +73,7 @@ class PolicyServer:
     async def _handle(self, ws: ServerConnection) -> None:
         peer = ws.remote_address
         log.info("client connected: %s", peer)
-        packer = msgpack_numpy.Packer()
+        packer = wire.Packer()
         loop = asyncio.get_running_loop()
         prev_total_ms = None
         try:
@@ -85,7 +85,7 @@ class PolicyServer:
                     if isinstance(message, str):
                         raise ValueError("request: expected a binary msgpack frame, got a text frame")
                     try:
-                        obs = msgpack_numpy.unpackb(message)
+                        obs = wire.unpackb(message)
                     except Exception as e:  # noqa: BLE001 - any decoding failure is the client's
                         raise ValueError(f"request: not a msgpack-numpy message ({type(e).__name__}: {e})") from e
                     if not isinstance(obs, dict):
