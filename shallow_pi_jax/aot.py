@@ -103,6 +103,9 @@ def tpu_topology(name: str) -> Topology:
 
     chip = CHIPS[m.group(1)]
     kwargs = {"chip_config_name": "megacore"} if m.group(1) == "v4" else {}  # v5p is megacore by default
+    dims = [int(x) for x in m.group(2).split("x")]
+    if int(np.prod(dims)) < 4:  # below one host's default 2x2 chips: a single-host slice of its own size
+        kwargs["chips_per_host_bounds"] = tuple(dims + [1] * (3 - len(dims)))
     topo = topologies.get_topology_desc(platform="tpu", topology_name=name.strip(), **kwargs)
     return Topology(name.strip(), chip, tuple(topo.devices))
 

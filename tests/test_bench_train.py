@@ -1,0 +1,57 @@
+"""tools/bench_train.py: the fused KD step against the plain student step, on a 2-layer teacher."""
+import importlib.util
+import pathlib
+
+import jax
+import pytest
+
+from shallow_pi_jax import aot, sharding
+from shallow_pi_jax.distill import build
+from shallow_pi_jax.models.pi0 import Pi0
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "tools" / "bench_train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def small_config():
+    c = aot.load_experiment(str(ROOT / "experiments" / "l6.py") + ":tiny")
+    c.model.llm.depth = c.model.expert.depth = 2
+    c.model.siglip.depth = 1
+    c.student.depth = 1
+    return c
+
+
+def test_kd_step_costs_plain_step_plus_teacher_forward():
+    """Matmul FLOPs: fused KD step = plain student step + one teacher forward (nothing else is added)."""
+    config, batch = small_config(), 8
+    mesh = sharding.make_mesh(1, -1, devices=jax.devices()[:1])
+    kd = aot.matmul_flops(*_step(config, "kd", mesh, batch))
+    plain = aot.matmul_flops(*_step(config, "plain", mesh, batch))
+    spec = build.run_spec(aot.step_config(config, "kd"))
+    _, (state, b, rng, teacher) = aot.train_step_and_args(aot.step_config(config, "kd"), mesh, batch)
+    obs = {k: v for k, v in b.items() if k != "actions"}
+    t_fwd = aot.matmul_flops(
+        lambda p, o, x, t: Pi0(spec.teacher_cfg).apply({"params": p}, o, x, t, method=Pi0.velocity),
+        teacher, obs, b["actions"], jax.ShapeDtypeStruct((batch,), b["actions"].dtype))
+    assert kd == pytest.approx(plain + t_fwd, rel=1e-9)
+
+
+def _step(config, kind, mesh, batch):
+    step, args = aot.train_step_and_args(aot.step_config(config, kind), mesh, batch)
+    return (step, *args)
+
+
+def test_bad_arguments_are_named():
+    tool = load_tool()
+    with pytest.raises(ValueError, match="--devices"):
+        tool.main(["--skip-timing", "--devices", f"8,{len(jax.devices()) + 1}"])
+    with pytest.raises(ValueError, match="--repeats"):
+        tool.main(["--skip-memory", "--repeats", "0", "--devices", "1"])
+    with pytest.raises(ValueError, match="no such file"):
+        tool.main(["--skip-timing", "--devices", "1", "--config", "experiments/nope.py"])
