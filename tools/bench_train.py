@@ -108,6 +108,7 @@ def real_size_memory(config, device_counts, global_batch: int) -> dict:
         step, args = aot.train_step_and_args(c, mesh, global_batch)
         compiled, seconds = aot.compile_timed(step, args)
         out[n] = dict(memory_summary(compiled), compile_s=seconds, mesh=dict(mesh.shape))
+        tqdm.write(f"{n} devices: total {out[n]['total'] / GiB:.2f} GiB per device (compiled in {seconds:.0f}s)")
     return out
 
 
