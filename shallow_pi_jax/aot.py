@@ -346,7 +346,11 @@ class Report:
 
     @property
     def seconds(self) -> float:
-        return self.cost["seconds"] if self.cost else float("nan")
+        """XLA's estimate, or NaN where it is missing or faster than the chip's peak allows (libtpu's
+        `optimal_seconds` is unreliable on some programs; a sub-roofline time is certainly wrong)."""
+        s = self.cost["seconds"] if self.cost else float("nan")
+        roofline = self.matmul_flops / self.chip.peak_bf16_flops
+        return s if s >= 0.9 * roofline else float("nan")  # 0.9: XLA may CSE a little of the jaxpr's work
 
     @property
     def samples_per_s(self) -> float:

@@ -96,12 +96,13 @@ def test_tiny_fused_step_compiles_for_v5e_2x2():
     mesh = sharding.make_mesh(1, -1, devices=topo.devices)
     r = aot.train_step_report(config, mesh, topo.chip, global_batch=8, kind="kd", topology=topo.name, estimate=False)
     mem = r.memory
-    # Sanity of the memory analysis: the state is FSDP-sharded, so the arguments a chip holds lie between
-    # its 1/4 share and the whole (replicated small leaves); the state is donated (aliased outputs).
+    # Sanity of the memory analysis: the state is FSDP-sharded, so a chip holds at least its 1/4 share of the
+    # arguments and at most all of them (small leaves are replicated) plus TPU tile padding, which for
+    # tiny arrays (norm scales, biases, scalars) can double them; the state is donated (aliased outputs).
     step, (state, batch, rng, teacher) = aot.train_step_and_args(aot.step_config(config, "kd"), mesh, 8)
     nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
     whole = nbytes(state) + nbytes(batch) + nbytes(teacher)
-    assert whole / 4 <= mem["argument"] <= whole, (mem, whole)
+    assert whole / 4 <= mem["argument"] <= 2 * whole, (mem, whole)
     assert mem["alias"] >= 0.9 * nbytes(state) / 4, mem
     assert mem["temp"] > 0 and mem["generated_code"] > 0
     assert 0 < mem["total"] < topo.chip.hbm_bytes and r.fits
