@@ -74,13 +74,13 @@ def base_config(opts: set[str], student_depth: int | None) -> ml_collections.Con
 
     c.optim = ml_collections.ConfigDict()
     if demo:
-        c.optim.update(peak_lr=1e-3, warmup_steps=20, decay_steps=300, end_lr=1e-4)
+        c.optim.update(peak_lr=1e-3, warmup_steps=20, decay_steps=200, end_lr=1e-4)
     else:  # Shallow-π / openpi fine-tuning recipe
         c.optim.update(peak_lr=2.5e-5, warmup_steps=1_000, decay_steps=30_000, end_lr=2.5e-6)
     c.optim.update(b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-10, clip_norm=1.0)
     c.optim.ema_decay = ml_collections.FieldReference(None, field_type=float)
 
-    c.num_steps = 300 if demo else 30_000
+    c.num_steps = 200 if demo else 30_000
     c.batch_size = 16 if demo else 64  # global
     c.log_every = 10 if demo else 100
     c.checkpoint_every = 100 if demo else 1_000
