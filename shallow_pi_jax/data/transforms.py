@@ -66,25 +66,24 @@ def pad_to_dim(x: np.ndarray, dim: int, field: str) -> np.ndarray:
     return np.pad(x, pad)
 
 
-def delta_actions(actions: np.ndarray, state: np.ndarray, mask) -> np.ndarray:
-    """openpi DeltaActions: actions[..., i] -= state[i] where mask[i] (mask may be shorter)."""
+def _shift_by_state(actions: np.ndarray, state: np.ndarray, mask, sign: float) -> np.ndarray:
     if mask is None:
         return actions
     m = np.asarray(mask, bool)
     out = np.array(actions, dtype=np.float32, copy=True)
     d = m.shape[0]
-    out[..., :d] -= np.where(m, state[..., :d], 0)[..., None, :]
+    out[..., :d] += sign * np.where(m, state[..., :d], 0)[..., None, :]
     return out
+
+
+def delta_actions(actions: np.ndarray, state: np.ndarray, mask) -> np.ndarray:
+    """openpi DeltaActions: actions[..., i] -= state[i] where mask[i] (mask may be shorter)."""
+    return _shift_by_state(actions, state, mask, -1.0)
 
 
 def absolute_actions(actions: np.ndarray, state: np.ndarray, mask) -> np.ndarray:
-    if mask is None:
-        return actions
-    m = np.asarray(mask, bool)
-    out = np.array(actions, dtype=np.float32, copy=True)
-    d = m.shape[0]
-    out[..., :d] += np.where(m, state[..., :d], 0)[..., None, :]
-    return out
+    """The inverse (openpi AbsoluteActions): actions[..., i] += state[i] where mask[i]."""
+    return _shift_by_state(actions, state, mask, 1.0)
 
 
 def _flatten(obs, prefix="") -> dict:
