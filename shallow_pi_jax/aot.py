@@ -297,17 +297,25 @@ def xla_cost(compiled) -> dict[str, float]:
 
 
 def extrapolated_cost(make: Callable[[Mapping[str, int]], tuple], depths: Mapping[str, int],
-                      base: Mapping[str, int]) -> dict[str, Any]:
+                      base: Mapping[str, int], cache: Optional[dict] = None) -> dict[str, Any]:
     """XLA's cost at `depths` from unrolled compiles at `base` and at base + 1 in each depth.
 
     `make(depths) -> (fn, args)`. With every scan unrolled, XLA's cost of a program is the sum of
     its ops' costs, and raising one depth by one adds one more copy of the same layer; so
     cost(depths) = cost(base) + Σ_k (depths[k] − base[k]) · (cost(base + e_k) − cost(base)).
+    `cache` (depths → cost) may be shared by calls whose `make` builds the same programs, e.g. a
+    teacher and its student, which differ only in depth.
     """
+    cache = {} if cache is None else cache
+
     def cost(d):
-        fn, args = make(d)
-        compiled, seconds = compile_timed(unroll_scans(fn, *args), args)
-        return xla_cost(compiled), seconds
+        key = tuple(sorted(d.items()))
+        if key not in cache:
+            fn, args = make(d)
+            compiled, seconds = compile_timed(unroll_scans(fn, *args), args)
+            cache[key] = (xla_cost(compiled), seconds)
+            return cache[key]
+        return cache[key][0], 0.0
 
     c0, compile_s = cost(base)
     out = {m: c0[m] for m in ("flops", "seconds")}
@@ -391,8 +399,11 @@ def train_step_report(config, mesh, chip: Chip, global_batch: int, kind: str = "
 
 
 def inference_report(cfg: ModelConfig, device, chip: Chip, num_steps: int = 10, batch_size: int = 1,
-                     name: str = "sample_actions", topology: str = "", estimate: bool = True) -> Report:
-    """Compile `sample_actions` of `cfg` for one chip; cost extrapolated from depth-1/2 unrolled models."""
+                     name: str = "sample_actions", topology: str = "", estimate: bool = True,
+                     cost_cache: Optional[dict] = None) -> Report:
+    """Compile `sample_actions` of `cfg` for one chip; cost extrapolated from depth-1/2 unrolled models.
+
+    Pass the same `cost_cache` for models that differ only in depth (teacher, student)."""
     fn, args = inference_fn(cfg, num_steps), inference_args(cfg, device, batch_size)
     compiled, compile_s = compile_timed(fn, args)
     cost = None
@@ -402,7 +413,7 @@ def inference_report(cfg: ModelConfig, device, chip: Chip, num_steps: int = 10, 
         def make(d):
             small = _with_model_depths(cfg, d)
             return inference_fn(small, num_steps), inference_args(small, device, batch_size)
-        cost = extrapolated_cost(make, depths, {"layers": 1, "vision": 1})
+        cost = extrapolated_cost(make, depths, {"layers": 1, "vision": 1}, cache=cost_cache)
     return Report(name, topology, chip, {"devices": 1}, batch_size, memory_summary(compiled), compile_s,
                   xla_cost(compiled), matmul_flops(fn, *args), cost)
 

@@ -107,3 +107,19 @@ def test_tiny_fused_step_compiles_for_v5e_2x2():
     assert mem["temp"] > 0 and mem["generated_code"] > 0
     assert 0 < mem["total"] < topo.chip.hbm_bytes and r.fits
     assert r.matmul_flops > 0 and r.loop_once["flops"] > 0
+
+
+def test_extrapolated_cost_cache_shared_between_depths():
+    calls = []
+
+    def make(depths):
+        calls.append(dict(depths))
+        f = lambda x, w: jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=depths["layers"])[0]
+        return f, (jax.ShapeDtypeStruct((8, 16), jnp.float32), jax.ShapeDtypeStruct((16, 16), jnp.float32))
+
+    cache = {}
+    deep = aot.extrapolated_cost(make, {"layers": 18}, {"layers": 1}, cache=cache)
+    shallow = aot.extrapolated_cost(make, {"layers": 6}, {"layers": 1}, cache=cache)
+    assert len(calls) == 2  # depth 1 and 2, compiled once for both
+    per_layer = 2 * 8 * 16 * 16
+    assert deep["flops"] - shallow["flops"] == pytest.approx(12 * per_layer, rel=1e-6)

@@ -88,10 +88,11 @@ def main(argv=None) -> int:
             student = dataclasses.replace(student, dtype=teacher.dtype)
         jobs = [(f"teacher sample_actions (L{teacher.depth}, {args.num_steps} steps)", teacher),
                 (f"student sample_actions (L{student.depth}, {args.num_steps} steps)", student)]
+        cache = {}  # teacher and student differ only in depth: their small cost models are the same programs
         for name, cfg in tqdm(jobs, desc="compile", unit="model"):
             reports.append(aot.inference_report(cfg, topo.devices[0], topo.chip, args.num_steps, name=name,
                                                 topology=f"{args.topology.split(':')[0]} (1 chip)",
-                                                estimate=not args.no_estimate))
+                                                estimate=not args.no_estimate, cost_cache=cache))
     else:
         data, fsdp = aot.parse_mesh(args.mesh, config)
         mesh = sharding.make_mesh(data, fsdp, devices=topo.devices)
