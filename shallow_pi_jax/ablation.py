@@ -61,7 +61,7 @@ class AblationConfig:
     arms: tuple[str, ...] = DEFAULT_ARMS
     depths: tuple[int, ...] = (6,)
     seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 300  # training steps per arm (the demo config's default)
+    steps: int = 300  # training steps per arm
     teacher: str = ""  # a teacher checkpoint dir (params/ + assets/norm_stats.json); "" = train one
     teacher_steps: int = 800  # 0 = a random-init teacher (smoke tests: saves one compilation)
     episodes: int = 200
