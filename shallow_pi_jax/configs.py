@@ -133,7 +133,7 @@ def teacher_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base_config(opts | {"task_only"}, None)
     c.teacher.params = ""
     c.student.init = "scratch"
-    if "demo" in opts:
+    if "demo" in opts and "tiny" not in opts:  # tiny keeps its smoke-test budget
         c.num_steps = 500
         c.optim.update(peak_lr=1e-3, warmup_steps=30, decay_steps=500, end_lr=5e-5)
         c.checkpoint_every = 100
