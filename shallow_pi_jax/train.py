@@ -145,7 +145,7 @@ def run(config, workdir, *, max_steps: int | None = None, progress: bool = True)
     if done == config.num_steps or max_steps is not None:
         params = state.ema_params if ema else state.params
         export_student(params, workdir / "student", spec.student_cfg.to_dict(),
-                       dict(spec.layer_map.to_dict(), strategy=spec.layer_map.strategy) if spec.layer_map else None,
+                       spec.layer_map.to_dict() if spec.layer_map else None,
                        config.data.norm_stats_path, config.teacher.params or None)
         if is_main:
             print(f"student written to {workdir / 'student'} (params/ in openpi layout, assets/, layer_map.json)")
