@@ -8,7 +8,7 @@ results/<run>.json (one per arm/seed; a finished one is never redone), results.j
 
     python tools/run_ablation.py --quick --out /tmp/ablation_quick      # a few minutes: smoke test
     python tools/run_ablation.py --out runs/ablation                     # every arm, L6, 3 seeds (hours)
-    python tools/run_ablation.py --out runs/ablation --teacher /work/runs/demo_teacher/student \
+    python tools/run_ablation.py --out runs/ablation --teacher shallow_pi_jax/assets/demo_teacher \
         --arms task_only,kd,full --depths 6,4,9 --steps 200 --seeds 0,1 --episodes 200
     python tools/run_ablation.py --out runs/ablation --report-only       # re-make the table and chart
 
