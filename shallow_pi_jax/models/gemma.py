@@ -12,7 +12,7 @@ against that cache.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
