@@ -22,7 +22,9 @@ setuptools.setup(
         # torch itself is not listed: users bring their own build (CUDA/Jetson); tests pin a CPU build.
         "export": ["onnx", "onnxruntime"],
         "serve": ["openpi-client"],
-        "test": ["pytest", "onnx", "onnxruntime"],
+        # libtpu (Linux x86-64 wheels only) lets the suite compile the train step for TPU topologies on a CPU host.
+        "test": ["pytest", "onnx", "onnxruntime",
+                 "libtpu==0.0.42.1; sys_platform == 'linux' and platform_machine == 'x86_64'"],
         "tpu": ["jax[tpu]==0.10.2", "libtpu==0.0.42.1"],  # libtpu matching jax 0.10.2 (also the AOT TPU compiler)
     },
 )

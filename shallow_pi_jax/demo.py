@@ -6,6 +6,8 @@ the package, and trained with this repo's trainer if it is ever missing).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pathlib
 
@@ -62,22 +64,37 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+def _model_key(model: dict) -> str:
+    from shallow_pi_jax.models.config import ModelConfig
+
+    return json.dumps(ModelConfig.from_dict(dict(model)).to_dict(), sort_keys=True)
+
+
+def built_teacher_dir(model: dict) -> pathlib.Path:
+    """Where a demo teacher of this architecture is trained and cached when none is shipped."""
+    return cache_dir() / f"demo_teacher_{hashlib.sha256(_model_key(model).encode()).hexdigest()[:12]}"
+
+
 def demo_teacher(config) -> pathlib.Path:
-    """params/ of the demo teacher: shipped in the package, else trained here once and cached."""
+    """params/ of a demo teacher with exactly `config.model`'s architecture.
+
+    The shipped one when it matches; otherwise (e.g. `demo,pi0` against the shipped π0.5, or a
+    deleted asset) one trained here once and cached under a name derived from the architecture.
+    """
+    want = _model_key(config.model)
     shipped = PACKAGE_TEACHER / "params"
-    if shipped.exists():
+    if shipped.exists() and _model_key(json.loads((PACKAGE_TEACHER / "model_config.json").read_text())) == want:
         return shipped
-    built = cache_dir() / "demo_teacher"
+    built = built_teacher_dir(config.model)
     if not (built / "params").exists():
         from shallow_pi_jax import configs, train
 
-        print(f"demo teacher not found; training it once into {built} (plain flow matching, 18 layers)")
+        print(f"no demo teacher for this architecture; training it once into {built} (plain flow matching)")
         tc = configs.teacher_config("demo" if config.model.pi05 else "demo,pi0")
+        tc.model = ml_collections.ConfigDict(dict(config.model))
+        tc.data.image_size = int(config.model.image_size[0])
         train.run(tc, built / "run")
-        (built / "run" / "student").rename(built / "export")
-        (built / "export" / "params").rename(built / "params")
-        (built / "assets").mkdir(exist_ok=True)
-        for f in (built / "export" / "assets").iterdir():
-            f.rename(built / "assets" / f.name)
+        export = built / "run" / "student"
+        for name in ("assets", "model_config.json", "params"):  # params last: its presence means complete
+            (export / name).rename(built / name)
     return built / "params"
-
