@@ -47,6 +47,12 @@ def test_arms_set_the_intended_losses_layers_and_init(teacher_dir, tmp_path):
         assert c.teacher.params == str(teacher_dir / "params")
         assert c.data.norm_stats_path == str(teacher_dir / "assets" / "norm_stats.json")
         assert c.model["llm"]["depth"] == 18
+    assert c.data.pi05 is True
+    pi0 = teacher_dir.parent / "pi0_teacher"
+    pi0.mkdir()
+    (pi0 / "model_config.json").write_text(json.dumps(demo_model(pi05=False, depth=18).to_dict()))
+    c = ablation.arm_config(cfg, "full", 6, seed=0, teacher_dir=pi0)  # a π0 teacher: π0 data transforms
+    assert c.data.pi05 is False and c.model["pi05"] is False and c.data.horizon == c.model["action_horizon"]
     with pytest.raises(ValueError, match="no field 'loss.nope'"):
         ablation.arm_config(ablation.AblationConfig(out=str(tmp_path), overrides=("loss.nope=1",)), "kd", 6, 0,
                             teacher_dir)
