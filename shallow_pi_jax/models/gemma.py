@@ -244,6 +244,8 @@ class Embedder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens):
-        table = self.param("input_embedding", nn.initializers.normal(stddev=1.0), (self.vocab_size, self.width))
+        # openpi's from-scratch init (std 0.01): with std 1 the sqrt(width) scaling below makes text tokens'
+        # residual stream ~sqrt(width)x larger than image tokens', and a from-scratch model learns slowly.
+        table = self.param("input_embedding", nn.initializers.normal(stddev=0.01), (self.vocab_size, self.width))
         # Gemma scales token embeddings by sqrt(width); image tokens are not scaled.
         return table[tokens] * jnp.sqrt(self.width).astype(table.dtype)
