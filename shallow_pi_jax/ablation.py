@@ -139,11 +139,7 @@ def teacher_run_config(cfg: AblationConfig):
 def arm_config(cfg: AblationConfig, arm: str, depth: int, seed: int, teacher_dir: pathlib.Path):
     c = configs.distill_config(depth, demo_opts(cfg, *ARMS[arm][0].split(",")))
     c.model = json.loads((teacher_dir / "model_config.json").read_text())
-    # The data pipeline must produce what the teacher was trained on (π0 vs π0.5 prompt and norm).
-    c.data.pi05 = bool(c.model["pi05"])
-    c.data.image_size = c.model["image_size"][0]
-    c.data.horizon, c.data.action_dim = c.model["action_horizon"], c.model["action_dim"]
-    c.data.max_token_len, c.data.cameras = c.model["max_token_len"], list(c.model["image_keys"])
+    configs.match_data_to_model(c.data, c.model)  # the inputs the teacher was trained on
     c.teacher.params = str(teacher_dir / "params")
     c.data.norm_stats_path = str(teacher_dir / "assets" / "norm_stats.json")
     c.seed = seed

@@ -95,12 +95,7 @@ def base_config(opts: set[str], student_depth: int | None) -> ml_collections.Con
     c.wandb = ml_collections.ConfigDict(dict(enabled=False, project="shallow_pi_jax", name=""))
 
     data = default_data_config()
-    data.pi05 = pi05
-    data.horizon = model.action_horizon
-    data.action_dim = model.action_dim
-    data.image_size = model.image_size[0]
-    data.max_token_len = model.max_token_len
-    data.cameras = list(model.image_keys)
+    match_data_to_model(data, c.model)
     if demo:
         # Filled in by shallow_pi_jax.demo at run time (built on first use, offline).
         data.datasets = [dict(name="shallow_pi_demo", data_dir="demo", mapping="libero", weight=1.0,
@@ -112,6 +107,17 @@ def base_config(opts: set[str], student_depth: int | None) -> ml_collections.Con
     if "tiny" in opts:
         apply_tiny(c)
     return c
+
+
+def match_data_to_model(data: ml_collections.ConfigDict, model) -> None:
+    """Make the data pipeline produce what `model` (a ModelConfig dict) consumes: π0 vs π0.5 prompt and
+    normalisation, chunk length, action dim, image size, prompt length, cameras."""
+    data.pi05 = bool(model["pi05"])
+    data.horizon = int(model["action_horizon"])
+    data.action_dim = int(model["action_dim"])
+    data.image_size = int(model["image_size"][0])
+    data.max_token_len = int(model["max_token_len"])
+    data.cameras = list(model["image_keys"])
 
 
 def apply_tiny(c: ml_collections.ConfigDict) -> None:

@@ -92,7 +92,7 @@ def demo_teacher(config) -> pathlib.Path:
         print(f"no demo teacher for this architecture; training it once into {built} (plain flow matching)")
         tc = configs.teacher_config("demo" if config.model.pi05 else "demo,pi0")
         tc.model = ml_collections.ConfigDict(dict(config.model))
-        tc.data.image_size = int(config.model.image_size[0])
+        configs.match_data_to_model(tc.data, tc.model)
         train.run(tc, built / "run")
         export = built / "run" / "student"
         for name in ("assets", "model_config.json", "params"):  # params last: its presence means complete
