@@ -90,7 +90,8 @@ def demo_teacher(config) -> pathlib.Path:
         from shallow_pi_jax import configs, train
 
         print(f"no demo teacher for this architecture; training it once into {built} (plain flow matching)")
-        tc = configs.teacher_config("demo" if config.model.pi05 else "demo,pi0")
+        # The architecture (π0 or π0.5 included) and the data transforms both come from config.model.
+        tc = configs.teacher_config("demo")
         tc.model = ml_collections.ConfigDict(dict(config.model))
         configs.match_data_to_model(tc.data, tc.model)
         train.run(tc, built / "run")
