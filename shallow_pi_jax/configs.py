@@ -34,12 +34,15 @@ def parse_arg(arg: str | None) -> set[str]:
 
 
 def demo_model(pi05: bool = True, depth: int = 18) -> ModelConfig:
-    """A tiny π0 / π0.5 that trains on 2 CPU cores: 64×64 images, 8×8 patches, 18 thin layers."""
+    """A tiny π0 / π0.5 that trains on 2 CPU cores: 64×64 images, 16×16 patches, 18 thin layers.
+
+    16×16 patches (16 tokens per camera) make a train step ~3× cheaper than 8×8 (0.34 s vs 1.14 s
+    at batch 16 on 2 cores), and the rendered objects are still resolved."""
     return ModelConfig(
         pi05=pi05,
         llm=GemmaConfig(width=64, depth=depth, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=16),
         expert=GemmaConfig(width=32, depth=depth, mlp_dim=64, num_heads=4, num_kv_heads=1, head_dim=16),
-        siglip=SiglipConfig(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=(8, 8)),
+        siglip=SiglipConfig(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=(16, 16)),
         vocab_size=512, action_dim=8, action_horizon=10, max_token_len=32, image_keys=DEMO_CAMERAS,
         image_size=(64, 64), dtype="float32")
 
@@ -103,6 +106,9 @@ def base_config(opts: set[str], student_depth: int | None) -> ml_collections.Con
         data.tokenizer_path = "demo"
         data.norm_stats_path = "demo"
         data.shuffle_buffer = 2_000
+        # openpi's crop/rotate/colour jitter is for real cameras; on the rendered sim it only moves the
+        # objects the actions are relative to and shifts the mid-grey table off 0. The teacher saw none.
+        data.augment = False
     c.data = data
     if "tiny" in opts:
         apply_tiny(c)
@@ -140,7 +146,7 @@ def teacher_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.teacher.params = ""
     c.student.init = "scratch"
     if "demo" in opts and "tiny" not in opts:  # tiny keeps its smoke-test budget
-        c.num_steps = 500
-        c.optim.update(peak_lr=1e-3, warmup_steps=30, decay_steps=500, end_lr=5e-5)
-        c.checkpoint_every = 100
+        c.num_steps = 3000
+        c.optim.update(peak_lr=1e-3, warmup_steps=100, decay_steps=3000, end_lr=5e-5)
+        c.checkpoint_every = 500
     return c

@@ -92,7 +92,7 @@ def test_episodes_are_the_simulator_s(built):
         assert done and info["success"] and reward == 1.0
         np.testing.assert_allclose(e["state"][1:], np.clip(e["state"][:-1] + step * e["action"][:-1], -1, 1),
                                    atol=1e-6)
-        # Actions point at the named object (not noise): the first move closes the distance.
+        # Actions point at the named goal (not noise): the first move closes the distance.
         target = env.target_position
         assert np.linalg.norm(e["state"][1] - target) < np.linalg.norm(e["state"][0] - target) - 0.5 * step
 

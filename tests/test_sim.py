@@ -8,7 +8,9 @@ import pytest
 from shallow_pi_jax.sim import render
 from shallow_pi_jax.sim.env import ReachConfig, ReachEnv, rollout
 from shallow_pi_jax.sim.expert import expert_action, expert_episode
-from shallow_pi_jax.sim.scene import PALETTE, SceneConfig
+from shallow_pi_jax.sim.scene import PALETTE, SIDES, SceneConfig
+
+OBJECT_TASK = ReachConfig(scene=SceneConfig(task="object"))
 
 N_EPISODES = 300  # per baseline; rates below are fixed by the seeds, bounds leave room for other seeds
 
@@ -45,13 +47,39 @@ def test_observation_format(size):
     assert obs["state"].shape == (2,) and obs["state"].dtype == np.float32
     np.testing.assert_array_equal(obs["state"], env.ee.astype(np.float32))
     scene = env.scene
+    assert obs["instruction"].endswith(f"{scene.side} the {scene.colours[0]} {scene.shapes[0]}")
+    env = ReachEnv(seed=0, image_size=size, config=OBJECT_TASK)
+    obs = env.reset(3)
+    scene = env.scene
     assert f"{scene.colours[scene.target]} {scene.shapes[scene.target]}" in obs["instruction"]
     assert len(set(scene.colours)) == len(scene.colours)  # the colour alone names the target
 
 
-def test_scene_layout_constraints():
+def test_side_task_layout():
     cfg = SceneConfig()
-    env = ReachEnv(seed=0)
+    env = ReachEnv(seed=0, render_images=False)
+    offsets = cfg.side_offset * np.array(list(SIDES.values()))
+    for seed in range(200):
+        env.reset(seed)
+        scene = env.scene
+        assert scene.positions.shape == (1, 2) and np.all(np.abs(scene.positions) <= cfg.anchor_range)
+        np.testing.assert_allclose(scene.goals, scene.positions + offsets, atol=1e-12)
+        assert np.all(np.abs(scene.goals) <= 1.0)  # every goal is reachable on the table
+        assert np.linalg.norm(scene.goals - env.ee, axis=1).min() >= cfg.min_start_distance
+        assert scene.side == list(SIDES)[scene.target] and f" {scene.side} the " in env.observation()["instruction"]
+    gaps = np.linalg.norm(offsets[:, None] - offsets[None], axis=-1)[np.triu_indices(4, 1)]
+    assert gaps.min() >= 2 * env.config.touch_radius  # at most one goal can be touched at a time
+    counts = np.bincount([(env.reset(s), env.scene.target)[1] for s in range(400)], minlength=4)
+    assert counts.min() > 70  # every side gets named, so "always go left" cannot work
+    with pytest.raises(ValueError, match="anchor_range"):
+        SceneConfig(anchor_range=0.7, side_offset=0.4)
+    with pytest.raises(ValueError, match="task"):
+        SceneConfig(task="push")
+
+
+def test_object_task_layout_constraints():
+    cfg = OBJECT_TASK.scene
+    env = ReachEnv(seed=0, config=OBJECT_TASK)
     for seed in range(200):
         env.reset(seed)
         p = env.scene.positions
@@ -59,6 +87,7 @@ def test_scene_layout_constraints():
         gaps = np.linalg.norm(p[:, None] - p[None], axis=-1)[np.triu_indices(len(p), 1)]
         assert gaps.min() >= cfg.min_object_separation
         assert np.linalg.norm(p - env.ee, axis=1).min() >= cfg.min_start_distance
+        np.testing.assert_array_equal(env.scene.goals, p)
     counts = np.bincount([(env.reset(s), env.scene.target)[1] for s in range(300)], minlength=3)
     assert counts.min() > 60  # every slot gets named, so "always go to object 0" cannot work
 
@@ -138,18 +167,19 @@ def test_success_requires_holding_on_the_named_object():
     assert touched == [-1] * len(touched)
 
 
-def test_touching_another_object_fails_and_time_runs_out():
-    env = ReachEnv(seed=0)
+@pytest.mark.parametrize("config", [ReachConfig(), OBJECT_TASK], ids=["side", "object"])
+def test_touching_another_goal_fails_and_time_runs_out(config):
+    env = ReachEnv(seed=0, config=config)
     env.reset(11)
-    other = (env.scene.target + 1) % len(env.scene.positions)
-    _place(env, env.scene.positions[other])
+    other = (env.scene.target + 1) % len(env.scene.goals)
+    _place(env, env.scene.goals[other])
     for _ in range(env.config.hold_steps):
         _, reward, done, info = env.step(np.zeros(2))
     assert done and not info["success"] and reward == 0.0 and info["touched"] == other
 
     env = ReachEnv(seed=0, config=ReachConfig(max_steps=7))
     env.reset(11)
-    _place(env, (-1.0, -1.0))  # corner: objects are at least 0.2 from it
+    _place(env, (-1.0, -1.0))  # corner: goals are at least 0.1 from it
     for t in range(7):
         _, _, done, info = env.step(np.array([-1.0, -1.0]))
         assert done == (t == 6)
@@ -171,10 +201,12 @@ def test_render_shows_objects_and_gripper_where_they_are():
     row, col = pixel(env.ee)
     assert obs["image"][row, col + r].max() < 60
     np.testing.assert_array_equal(obs["wrist_image"][size // 2, size // 2], render.TABLE_RGB)
-    # On the target, the wrist camera's centre shows the target's colour (the ring is hollow).
-    _place(env, env.target_position)
+    # On the object, the wrist camera's centre shows its colour (the ring is hollow).
+    _place(env, env.scene.positions[0])
     wrist = env.observation()["wrist_image"]
-    np.testing.assert_array_equal(wrist[size // 2, size // 2], PALETTE[env.scene.colours[env.scene.target]])
+    np.testing.assert_array_equal(wrist[size // 2, size // 2], PALETTE[env.scene.colours[0]])
+    # The side goals are not drawn: the spot beside the object is bare table.
+    np.testing.assert_array_equal(obs["image"][pixel(env.target_position)], render.TABLE_RGB)
     # Near an edge the wrist camera sees the floor beyond the table.
     _place(env, (1.0, 0.0))
     wrist = env.observation()["wrist_image"]
@@ -192,8 +224,9 @@ def test_render_is_fast():
     assert per_frame < 1e-3, f"{per_frame * 1e3:.2f} ms per 64x64 frame"
 
 
-def test_expert_succeeds():
-    env = ReachEnv(seed=0)
+@pytest.mark.parametrize("config", [ReachConfig(), OBJECT_TASK], ids=["side", "object"])
+def test_expert_succeeds(config):
+    env = ReachEnv(seed=0, config=config)
     lengths = []
     for seed in range(N_EPISODES):
         ep = expert_episode(env, seed, noise_std=0.1)
@@ -242,8 +275,9 @@ def _go_to(env, point):
     return np.clip(0.5 * (np.asarray(point) - env.ee) / env.config.max_step, -1, 1)
 
 
-def test_blind_policies_succeed_only_by_chance():
-    env = ReachEnv(seed=0, render_images=False)  # no images to look at: blind by construction
+@pytest.mark.parametrize("config", [ReachConfig(), OBJECT_TASK], ids=["side", "object"])
+def test_blind_policies_succeed_only_by_chance(config):
+    env = ReachEnv(seed=0, render_images=False, config=config)  # no images to look at: blind by construction
     # Ignores the image: parks at a fixed spot.
     for spot in ([0.0, 0.0], [0.4, -0.4]):
         assert _rate(env, lambda obs: _go_to(env, spot)) <= 0.05
@@ -264,12 +298,13 @@ def test_blind_policies_succeed_only_by_chance():
     assert _rate(env, sweep) <= 0.1
 
 
-def test_instruction_blind_policies_succeed_only_by_chance():
-    env = ReachEnv(seed=0, render_images=False)
-    chance = 1.0 / env.config.scene.num_objects
+@pytest.mark.parametrize("config", [ReachConfig(), OBJECT_TASK], ids=["side", "object"])
+def test_instruction_blind_policies_succeed_only_by_chance(config):
+    env = ReachEnv(seed=0, render_images=False, config=config)
+    chance = 1.0 / (len(SIDES) if config.scene.task == "side" else config.scene.num_objects)
 
     def closest(obs):  # reads the image (privileged positions), ignores the instruction
-        p = env.scene.positions
+        p = env.scene.goals
         return _go_to(env, p[np.argmin(np.linalg.norm(p - env.ee, axis=1))])
 
     assert abs(_rate(env, closest) - chance) <= 0.08
@@ -278,8 +313,8 @@ def test_instruction_blind_policies_succeed_only_by_chance():
 
     def random_object(obs):
         if env.t == 0:
-            pick["i"] = int(rng.integers(len(env.scene.positions)))
-        return _go_to(env, env.scene.positions[pick["i"]])
+            pick["i"] = int(rng.integers(len(env.scene.goals)))
+        return _go_to(env, env.scene.goals[pick["i"]])
 
     assert abs(_rate(env, random_object) - chance) <= 0.08
     # The same controller told the instruction's object is the expert: the instruction is what matters.

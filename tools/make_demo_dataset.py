@@ -28,8 +28,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", "--data_dir", dest="data_dir", default=str(demo_dataset.default_data_dir()),
                         help="output folder (holds shallow_pi_demo/1.0.0/, tokenizer.model, demo_info.json); "
                              "default $SHALLOW_PI_DEMO_DIR or ~/.cache/shallow_pi_jax/demo")
-    parser.add_argument("--num-episodes", "--num_episodes", dest="num_episodes", type=int, default=300,
-                        help="successful expert episodes to store (default 300)")
+    parser.add_argument("--num-episodes", "--num_episodes", dest="num_episodes", type=int,
+                        default=demo_dataset.DEFAULT_EPISODES,
+                        help=f"successful expert episodes to store (default {demo_dataset.DEFAULT_EPISODES})")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (episode i uses reset seed (0x5D, seed, i))")
     parser.add_argument("--image-size", "--image_size", dest="image_size", type=int, default=64,
                         help="square camera resolution in pixels (default 64)")

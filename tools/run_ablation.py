@@ -52,7 +52,7 @@ def parse(argv):
     p.add_argument("--steps", type=int, default=None, help="training steps per arm (default: 300)")
     p.add_argument("--teacher", default="", help="teacher checkpoint dir (params/, model_config.json, "
                    "assets/norm_stats.json); default: train one under --out")
-    p.add_argument("--teacher-steps", type=int, default=None, help="steps when training the teacher (default: 800; 0 = random init, for smoke tests)")
+    p.add_argument("--teacher-steps", type=int, default=None, help="steps when training the teacher (default: 3000, the bundled teacher's recipe, ~25 min on 2 cores; 0 = random init, for smoke tests)")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes per model (default: 200)")
     p.add_argument("--eval-seed", type=int, default=100_000, help="first evaluation reset seed (default: 100000)")
     p.add_argument("--replan-every", type=int, default=5, help="actions executed per chunk (default: 5)")
@@ -82,7 +82,7 @@ def build_config(args, overrides) -> ablation.AblationConfig:
     return ablation.AblationConfig(
         out=args.out, arms=tuple(a.strip() for a in arms.split(",") if a.strip()),
         depths=_ints(pick("depths", "6")), seeds=_ints(pick("seeds", "0,1,2")), steps=pick("steps", 300),
-        teacher=args.teacher, teacher_steps=pick("teacher_steps", 800), episodes=pick("episodes", 200),
+        teacher=args.teacher, teacher_steps=pick("teacher_steps", 3000), episodes=pick("episodes", 200),
         eval_seed=args.eval_seed, replan_every=args.replan_every, num_envs=pick("num_envs", 50),
         tiny=args.quick, overrides=overrides, latency_reps=pick("latency_reps", 20),
         keep_checkpoints=args.keep_checkpoints)

@@ -1,12 +1,14 @@
 """ReachEnv: a closed-loop 2-D tabletop task a policy can only solve by reading image and instruction.
 
-Each episode puts `num_objects` objects of distinct colours (blocks or balls) at random places on
-the table and the gripper at a random start; the instruction names one of them ("reach the blue
-ball"). Actions are continuous velocities (dx, dy) in [-1, 1] (clipped), scaled by `max_step`
-world units per step; the gripper is clipped to the table. The gripper *touches* an object when
-it stays within `touch_radius` of its centre for `hold_steps` consecutive steps: touching the
-named object is success, touching another one is failure, both end the episode; otherwise it ends
-after `max_steps`. Staying is required so sweeping across the table without looking does not work.
+Each episode lays out a scene (scene.py): by default one object (a block or a ball, one of six
+colours) and an instruction naming one of its four sides ("go left of the red block"); the spots
+beside it are the goals. With `SceneConfig(task="object")`, several objects of distinct colours and
+an instruction naming one of them; the objects are the goals. Actions are continuous velocities
+(dx, dy) in [-1, 1] (clipped), scaled by `max_step` world units per step; the gripper is clipped to
+the table. The gripper *touches* a goal when it stays within `touch_radius` of it for `hold_steps`
+consecutive steps: touching the named goal is success, touching another one is failure, both end
+the episode; otherwise it ends after `max_steps`. Staying is required so sweeping across the table
+without looking does not work.
 
     env = ReachEnv(seed=0, image_size=64)
     obs = env.reset(seed=3)   # {"image", "wrist_image": uint8 [H, W, 3], "state": float32 [2], "instruction": str}
@@ -72,7 +74,7 @@ class ReachEnv:
         self.ee = np.zeros(2)
         self.t = 0
         self.done = True
-        self._near = np.zeros(0, dtype=np.int64)  # consecutive steps within touch_radius, per object
+        self._near = np.zeros(0, dtype=np.int64)  # consecutive steps within touch_radius, per goal
 
     # -- privileged state (for the scripted expert and tests) --
     @property
@@ -95,7 +97,7 @@ class ReachEnv:
         self.ee = self.scene.ee_start.copy()
         self.t = 0
         self.done = False
-        self._near = np.zeros(len(self.scene.positions), dtype=np.int64)
+        self._near = np.zeros(len(self.scene.goals), dtype=np.int64)
         return self.observation()
 
     def observation(self) -> dict:
@@ -120,10 +122,10 @@ class ReachEnv:
         c = self.config
         self.ee = np.clip(self.ee + c.max_step * np.clip(action, -1.0, 1.0), -1.0, 1.0)
         self.t += 1
-        dist = np.linalg.norm(self.scene.positions - self.ee, axis=1)
+        dist = np.linalg.norm(self.scene.goals - self.ee, axis=1)
         self._near = np.where(dist <= c.touch_radius, self._near + 1, 0)
         touched = np.flatnonzero(self._near >= c.hold_steps)
-        # Objects are >= 2 * touch_radius apart by default, so at most one can be touched.
+        # Goals are >= 2 * touch_radius apart by default, so at most one can be touched.
         touched_index = int(touched[np.argmin(dist[touched])]) if touched.size else -1
         success = touched_index == self.scene.target
         truncated = touched_index < 0 and self.t >= c.max_steps

@@ -1,7 +1,7 @@
 """Scripted expert for ReachEnv, reading the privileged target position.
 
-A saturated proportional controller: a straight line at full speed towards the named object,
-then a geometric slow-down (the gap halves each step with gain 0.5) so it settles on the object
+A saturated proportional controller: a straight line at full speed towards the named goal,
+then a geometric slow-down (the gap halves each step with gain 0.5) so it settles on the goal
 and holds.
 Gaussian noise on the commanded velocity makes demonstrations diverse; what is recorded is the
 action actually executed (after clipping to [-1, 1]).
