@@ -37,7 +37,7 @@ def test_evaluate_cli_on_held_out_demo_episodes(tmp_path, monkeypatch, capsys):
     # The student's normalisation is the teacher's (as the trainer exports it).
     (student / "assets" / "norm_stats.json").write_text((teacher / "assets" / "norm_stats.json").read_text())
     monkeypatch.setenv("SHALLOW_PI_CACHE", str(tmp_path / "cache"))
-    base = ["--env", "demo", "--episodes", "2", "--batch-size", "8", "--max-frames", "20", "--num-steps", "3"]
+    base = ["--env", "demo", "--episodes", "3", "--batch-size", "8", "--max-frames", "20", "--num-steps", "3"]
 
     def run(*extra):
         # In-process (one jax/TF start-up, shared compile cache); the CLI's own entry point.
