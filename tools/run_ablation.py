@@ -78,13 +78,14 @@ def build_config(args, overrides) -> ablation.AblationConfig:
         v = getattr(args, name)
         return v if v is not None else q.get(name, default)
 
+    d = ablation.AblationConfig  # the defaults live there, once
     arms = pick("arms", ",".join(ablation.DEFAULT_ARMS))
     return ablation.AblationConfig(
         out=args.out, arms=tuple(a.strip() for a in arms.split(",") if a.strip()),
-        depths=_ints(pick("depths", "6")), seeds=_ints(pick("seeds", "0,1,2")), steps=pick("steps", 300),
-        teacher=args.teacher, teacher_steps=pick("teacher_steps", 3000), episodes=pick("episodes", 200),
-        eval_seed=args.eval_seed, replan_every=args.replan_every, num_envs=pick("num_envs", 50),
-        tiny=args.quick, overrides=overrides, latency_reps=pick("latency_reps", 20),
+        depths=_ints(pick("depths", "6")), seeds=_ints(pick("seeds", "0,1,2")), steps=pick("steps", d.steps),
+        teacher=args.teacher, teacher_steps=pick("teacher_steps", d.teacher_steps), episodes=pick("episodes", d.episodes),
+        eval_seed=args.eval_seed, replan_every=args.replan_every, num_envs=pick("num_envs", d.num_envs),
+        tiny=args.quick, overrides=overrides, latency_reps=pick("latency_reps", d.latency_reps),
         keep_checkpoints=args.keep_checkpoints)
 
 

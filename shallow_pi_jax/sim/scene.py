@@ -132,7 +132,6 @@ def _start(rng: np.random.Generator, goals: np.ndarray, config: SceneConfig) -> 
 
 def sample_scene(rng: np.random.Generator, config: SceneConfig = SceneConfig()) -> Scene:
     """Draws the objects, their colours and shapes, the goals, the target, the start and the instruction."""
-    n = 1 if config.task == "side" else config.num_objects
     if config.task == "side":
         positions = rng.uniform(-config.anchor_range, config.anchor_range, size=(1, 2))
         goals = positions + config.side_offset * np.array(list(SIDES.values()), dtype=np.float64)
@@ -140,6 +139,7 @@ def sample_scene(rng: np.random.Generator, config: SceneConfig = SceneConfig()) 
         positions = _object_positions(rng, config)
         goals = positions
     ee = _start(rng, goals, config)
+    n = len(positions)
     names = list(PALETTE)
     colours = tuple(names[i] for i in rng.permutation(len(names))[:n])
     shapes = tuple(SHAPES[i] for i in rng.integers(0, len(SHAPES), size=n))
