@@ -5,10 +5,10 @@ r"""π0.5 18 → 6 layer Shallow-π distillation (task + velocity KD + attention
         --config.teacher.params=/ckpt/pi05_libero/params --config.data.tokenizer_path=...
 
 Args after ':' (comma-separated): demo, pi0, task_only, kd, attn_all, attn_initial, attn_late, scratch, first
-(see shallow_pi_jax/configs.py).
+(see shallow_pi_jax/train_config.py).
 """
-from shallow_pi_jax import configs
+from shallow_pi_jax.training import config as train_config
 
 
 def get_config(arg=None):
-    return configs.distill_config(student_depth=6, arg=arg)
+    return train_config.distill_config(student_depth=6, arg=arg)

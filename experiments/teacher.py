@@ -4,8 +4,8 @@ r"""Plain flow-matching training of a full-depth π0 / π0.5 (no teacher). Train
 
 Args after ':': demo, pi0.
 """
-from shallow_pi_jax import configs
+from shallow_pi_jax.training import config as train_config
 
 
 def get_config(arg=None):
-    return configs.teacher_config(arg)
+    return train_config.teacher_config(arg)

@@ -8,32 +8,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
 
 import ml_collections
+
+from shallow_pi_jax.checkpoint import policy_dir
+from shallow_pi_jax.data import norm_stats
+from shallow_pi_jax.data.compute_stats import compute
+from shallow_pi_jax.data.config import DataConfig
+from shallow_pi_jax.models.config import ModelConfig
+from shallow_pi_jax.sim.demo_dataset import cache_dir, cached_demo_dataset
+from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import loop
 
 DEMO = "demo"
 PACKAGE_TEACHER = pathlib.Path(__file__).parent / "assets" / "demo_teacher"
 
 
-def cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("SHALLOW_PI_CACHE", "~/.cache/shallow_pi_jax")).expanduser()
-
-
-def _dataset():
-    from shallow_pi_jax.sim.demo_dataset import build_demo_dataset
-
-    # Our own cache: a build from an older generator is replaced (with its norm stats) rather than refused.
-    return build_demo_dataset(cache_dir() / "demo_data", overwrite=True)
-
-
 def norm_stats_path(data_config) -> pathlib.Path:
     """Norm stats of the demo dataset, computed once (numpy's mean/std/q01/q99) and cached."""
-    from shallow_pi_jax.data import norm_stats
-    from shallow_pi_jax.data.compute_stats import compute
-    from shallow_pi_jax.data.config import DataConfig
-
     path = cache_dir() / "demo_data" / "norm_stats.json"
     if not path.exists():
         cfg = DataConfig.from_any(data_config)
@@ -49,7 +42,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         data.tokenizer_path, data.norm_stats_path, config.teacher.params)
     if not uses_demo:
         return config
-    ds = _dataset()
+    ds = cached_demo_dataset()
     for d in data.datasets:
         if d.get("data_dir") == DEMO:
             d["data_dir"] = str(ds.data_dir)
@@ -58,15 +51,13 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.teacher.params == DEMO:
         config.teacher.params = str(demo_teacher(config))
         if data.norm_stats_path == DEMO:  # the teacher's own stats: the student must see its inputs
-            data.norm_stats_path = str(pathlib.Path(config.teacher.params).parent / "assets" / "norm_stats.json")
+            data.norm_stats_path = str(policy_dir.read(config.teacher.params).norm_stats())
     if data.norm_stats_path == DEMO:
         data.norm_stats_path = str(norm_stats_path(data))
     return config
 
 
 def _model_key(model: dict) -> str:
-    from shallow_pi_jax.models.config import ModelConfig
-
     return json.dumps(ModelConfig.from_dict(dict(model)).to_dict(), sort_keys=True)
 
 
@@ -82,20 +73,16 @@ def demo_teacher(config) -> pathlib.Path:
     deleted asset) one trained here once and cached under a name derived from the architecture.
     """
     want = _model_key(config.model)
-    shipped = PACKAGE_TEACHER / "params"
-    if shipped.exists() and _model_key(json.loads((PACKAGE_TEACHER / "model_config.json").read_text())) == want:
-        return shipped
+    shipped = policy_dir.read(PACKAGE_TEACHER) if (PACKAGE_TEACHER / policy_dir.PARAMS).exists() else None
+    if shipped is not None and shipped.config is not None and _model_key(shipped.config.to_dict()) == want:
+        return shipped.params_dir
     built = built_teacher_dir(config.model)
-    if not (built / "params").exists():
-        from shallow_pi_jax import configs, train
-
+    if not (built / policy_dir.PARAMS).exists():
         print(f"no demo teacher for this architecture; training it once into {built} (plain flow matching)")
         # The architecture (π0 or π0.5 included) and the data transforms both come from config.model.
-        tc = configs.teacher_config("demo")
+        tc = train_config.teacher_config("demo")
         tc.model = ml_collections.ConfigDict(dict(config.model))
-        configs.match_data_to_model(tc.data, tc.model)
-        train.run(tc, built / "run")
-        export = built / "run" / "student"
-        for name in ("assets", "model_config.json", "params"):  # params last: its presence means complete
-            (export / name).rename(built / name)
-    return built / "params"
+        train_config.match_data_to_model(tc.data, tc.model)
+        loop.run(resolve(tc), built / "run")
+        policy_dir.move(built / "run" / "student", built)
+    return built / policy_dir.PARAMS

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from shallow_pi_jax import ablation
-from shallow_pi_jax.configs import demo_model
-from shallow_pi_jax.sim.closed_loop import wilson_interval
+from shallow_pi_jax.ablation import run as ablation
+from shallow_pi_jax.training.config import demo_model
+from shallow_pi_jax.eval.closed_loop import wilson_interval
 
 REPO = pathlib.Path(__file__).parents[1]
 

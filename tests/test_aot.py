@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from shallow_pi_jax import aot
+from shallow_pi_jax.perf import aot
 
 ROOT = pathlib.Path(__file__).parents[1]
 NO_LIBTPU = aot.libtpu_missing()
@@ -88,7 +88,7 @@ def test_bad_topology_and_mesh_names():
 
 @needs_libtpu
 def test_tiny_fused_step_compiles_for_v5e_2x2():
-    from shallow_pi_jax import sharding
+    from shallow_pi_jax.training import sharding
 
     topo = aot.tpu_topology("v5e:2x2")
     assert len(topo.devices) == 4 and topo.devices[0].platform == "tpu"

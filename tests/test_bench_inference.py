@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from shallow_pi_jax.serve import costs
+from shallow_pi_jax.perf import costs
 from shallow_pi_jax.serve.testing import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

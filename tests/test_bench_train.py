@@ -5,9 +5,10 @@ import pathlib
 import jax
 import pytest
 
-from shallow_pi_jax import aot, sharding
-from shallow_pi_jax.distill import build
 from shallow_pi_jax.models.pi0 import Pi0
+from shallow_pi_jax.perf import aot
+from shallow_pi_jax.training import sharding
+from shallow_pi_jax.training import build
 
 ROOT = pathlib.Path(__file__).parents[1]
 

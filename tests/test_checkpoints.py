@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from shallow_pi_jax import checkpoints as C
+from shallow_pi_jax.checkpoint import openpi_params as C
 
 
 def _tree_txt(fixture_dir):

@@ -4,7 +4,12 @@ import types
 import numpy as np
 import pytest
 
-from shallow_pi_jax.sim.closed_loop import episode_noise, evaluate, sim_to_robot_obs, wilson_interval
+from shallow_pi_jax.eval.closed_loop import (
+    episode_noise,
+    evaluate,
+    sim_to_robot_obs,
+    wilson_interval,
+)
 from shallow_pi_jax.sim.env import ReachEnv, rollout
 
 HORIZON, MODEL_DIM = 6, 8

@@ -1,13 +1,12 @@
 """MaxText-style check: the real-size l6 distillation step lowers and compiles on CPU for an 8-device
 mesh, from abstract inputs only (no weights allocated, nothing executed)."""
-import jax
-
-from shallow_pi_jax import sharding
-from shallow_pi_jax.distill import build
-from shallow_pi_jax.metrics import memory_summary
-
 import importlib.util
 import pathlib
+
+import jax
+
+from shallow_pi_jax.training import build, sharding
+from shallow_pi_jax.training.metrics import memory_summary
 
 
 def load_experiment(name):

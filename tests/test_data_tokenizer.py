@@ -4,7 +4,11 @@ import pytest
 import sentencepiece
 
 from shallow_pi_jax.data import synthetic
-from shallow_pi_jax.data.tokenizer import PaligemmaTokenizer, discretize_state, pi05_prompt
+from shallow_pi_jax.data.tokenizer import (
+    PaligemmaTokenizer,
+    discretize_state,
+    pi05_prompt,
+)
 
 
 @pytest.fixture(scope="module")

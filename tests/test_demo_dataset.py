@@ -175,8 +175,9 @@ def test_tokenizer(built):
 
 def test_read_by_the_data_pipeline_libero_mapping(built, tmp_path):
     """The trainer's input pipeline reads it as is with the LIBERO mapping."""
-    from shallow_pi_jax.data import compute_stats, make_dataset, norm_stats
+    from shallow_pi_jax.data import compute_stats, norm_stats
     from shallow_pi_jax.data.config import DataConfig, DatasetSpec
+    from shallow_pi_jax.data.pipeline import make_dataset
 
     demo, _ = built
     spec = DatasetSpec(name=demo_dataset.DATASET_NAME, data_dir=str(demo.data_dir), mapping="libero")

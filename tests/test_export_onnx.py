@@ -7,8 +7,9 @@ import numpy as np
 import onnx
 import pytest
 
-from shallow_pi_jax import checkpoints
-from shallow_pi_jax.export import convert, onnx_export, torch_model as tm
+from shallow_pi_jax.checkpoint import openpi_params
+from shallow_pi_jax.export import convert, onnx_export
+from shallow_pi_jax.export import torch_model as tm
 from shallow_pi_jax.export.onnx_policy import OnnxPolicy
 from shallow_pi_jax.models.config import ModelConfig
 
@@ -16,14 +17,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests/fixtures/openpi_tiny"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fixture(variant, depth_layers=None):
     fx = FIX / variant
     cfg = ModelConfig.from_fixture(fx / "config.json")
-    flat = checkpoints.flatten_params(checkpoints.restore_params(fx / "params"))
+    flat = openpi_params.flatten_params(openpi_params.restore_params(fx / "params"))
     if depth_layers is not None:
-        from shallow_pi_jax.distill.student_init import student_params
-        flat = checkpoints.flatten_params(student_params(checkpoints.unflatten_params(flat), list(depth_layers)))
+        from shallow_pi_jax.training.student_init import student_params
+        flat = openpi_params.flatten_params(student_params(openpi_params.unflatten_params(flat), list(depth_layers)))
         cfg = cfg.with_depth(len(depth_layers))
     model = tm.load_state(tm.Pi0Torch(cfg), convert.convert_params(flat, cfg)).eval().requires_grad_(False)
     io = np.load(fx / "io.npz")

@@ -10,18 +10,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from shallow_pi_jax import checkpoints
-from shallow_pi_jax.export import convert, torch_model as tm
+from shallow_pi_jax.checkpoint import openpi_params
+from shallow_pi_jax.export import convert
+from shallow_pi_jax.export import torch_model as tm
 from shallow_pi_jax.models.config import GemmaConfig, ModelConfig, SiglipConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STUDENT_LAYERS = [0, 3, 7, 10, 14, 17]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_fixture(fixture_dir):
     cfg = ModelConfig.from_fixture(fixture_dir / "config.json")
-    flat = checkpoints.flatten_params(checkpoints.restore_params(fixture_dir / "params"))
+    flat = openpi_params.flatten_params(openpi_params.restore_params(fixture_dir / "params"))
     io = np.load(fixture_dir / "io.npz")
     obs = {"images": {k: io[f"images.{k}"] for k in cfg.image_keys},
            "image_masks": {k: io[f"image_masks.{k}"] for k in cfg.image_keys},
@@ -90,14 +91,14 @@ def test_euler_schedule_is_openpis():
         tm.euler_schedule(0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def student(fixture_dir):
     """(config, flat params) of the 6-layer student of a fixture teacher, via distill.student_init."""
-    from shallow_pi_jax.distill.student_init import student_params
+    from shallow_pi_jax.training.student_init import student_params
 
     cfg, flat, _, _ = load_fixture(fixture_dir)
-    params = student_params(checkpoints.unflatten_params(flat), STUDENT_LAYERS)
-    return cfg.with_depth(len(STUDENT_LAYERS)), checkpoints.flatten_params(params)
+    params = student_params(openpi_params.unflatten_params(flat), STUDENT_LAYERS)
+    return cfg.with_depth(len(STUDENT_LAYERS)), openpi_params.flatten_params(params)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 0.1), (torch.float16, 0.015)])
@@ -152,7 +153,7 @@ def _random_jax_params(cfg, seed):
     x = np.zeros((1, cfg.action_horizon, cfg.action_dim), np.float32)
     abstract = jax.eval_shape(lambda r: model.init(r, obs, x, np.ones(1, np.float32), method=Pi0.velocity),
                               jax.random.key(seed))["params"]
-    shapes = {k: tuple(v.shape) for k, v in checkpoints.flatten_params(abstract).items()}
+    shapes = {k: tuple(v.shape) for k, v in openpi_params.flatten_params(abstract).items()}
     assert shapes == convert.expected_jax_shapes(cfg)  # the converter's view of the tree is the model's
     g = np.random.default_rng(seed)
     # Every leaf random and non-zero (zero-initialised norms and ada-norm Dense would hide layout bugs).
@@ -193,7 +194,7 @@ def test_other_sizes_match_jax():
     obs = _random_obs(cfg, 2, seed=4)
     noise = np.random.default_rng(5).standard_normal((2, 4, 6)).astype(np.float32)
     t = np.array([0.3, 0.9], np.float32)
-    params = {"params": checkpoints.unflatten_params(flat)}
+    params = {"params": openpi_params.unflatten_params(flat)}
     # Op by op, not jitted: XLA's fusions alone move this v_t by ~1e-5 here (weights are large).
     v_jax = jmodel.apply(params, obs, noise, t, method=Pi0.velocity)
     assert np.abs(model.velocity(obs, noise, t).numpy() - np.asarray(v_jax)).max() <= 1e-5
@@ -218,7 +219,7 @@ def test_student_export_matches_jax_student(fixture_dir):
             key = f"paligemma_with_expert.{stack}.layers.{{}}.mlp.down_proj.weight"
             assert torch.equal(model.state_dict()[key.format(j)], teacher_sd[key.format(i)])
     jmodel = Pi0(scfg)
-    params = {"params": checkpoints.unflatten_params(student_flat)}
+    params = {"params": openpi_params.unflatten_params(student_flat)}
     v_jax = np.asarray(jmodel.apply(params, obs, io["x_t"], io["time"], method=Pi0.velocity))
     assert np.abs(model.velocity(obs, io["x_t"], io["time"]).numpy() - v_jax).max() <= 1e-5
     a_jax = np.asarray(jmodel.apply(params, jax.random.key(0), obs, num_steps=10, noise=io["sample_noise"],
@@ -237,7 +238,7 @@ def test_export_torch_cli(tmp_path):
     cfg, flat, io, obs = load_fixture(fx)
     # a student checkpoint laid out like tools/make_student.py writes it
     ckpt = tmp_path / "student"
-    checkpoints.save_params(checkpoints.unflatten_params(student(fx)[1]), ckpt / "params")
+    openpi_params.save_params(openpi_params.unflatten_params(student(fx)[1]), ckpt / "params")
     (ckpt / "layer_map.json").write_text(json.dumps({"teacher_depth": 18, "student_depth": 6,
                                                      "indices": STUDENT_LAYERS, "strategy": "uniform"}))
     (ckpt / "assets" / "libero").mkdir(parents=True)

@@ -1,8 +1,15 @@
 """Layer maps: the paper's uniform rule, first/last, explicit lists and their validation."""
 import pytest
 
-from shallow_pi_jax.distill.layer_map import (LayerMap, first_indices, last_indices, make_layer_map,
-                                              parse_layers, uniform_indices, validate_layer_map)
+from shallow_pi_jax.training.layer_map import (
+    LayerMap,
+    first_indices,
+    last_indices,
+    make_layer_map,
+    parse_layers,
+    uniform_indices,
+    validate_layer_map,
+)
 
 
 @pytest.mark.parametrize("teacher, student, expected", [

@@ -3,15 +3,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from shallow_pi_jax import parity
-from shallow_pi_jax.distill import losses
-from shallow_pi_jax.distill.student_init import student_params
-from shallow_pi_jax.models.config import ModelConfig
-from shallow_pi_jax.models.loading import load_model
-from shallow_pi_jax.models.pi0 import Pi0
-
 from conftest import FIXTURES
+
+from shallow_pi_jax.checkpoint.policy_dir import load_model
+from shallow_pi_jax.eval import parity
+from shallow_pi_jax.models.config import ModelConfig
+from shallow_pi_jax.models.pi0 import Pi0
+from shallow_pi_jax.training import losses
+from shallow_pi_jax.training.student_init import student_params
 
 
 def test_flow_matching_and_velocity_kd_by_hand():

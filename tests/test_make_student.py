@@ -10,11 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from shallow_pi_jax import checkpoints as C
-from shallow_pi_jax.distill import student_init as S
-from shallow_pi_jax.distill.layer_map import LayerMap, make_layer_map
+from shallow_pi_jax.checkpoint import openpi_params as C
+from shallow_pi_jax.training import student_init as S
+from shallow_pi_jax.training.layer_map import LayerMap, make_layer_map
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))

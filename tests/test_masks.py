@@ -2,10 +2,9 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import FIXTURES
 
 from shallow_pi_jax.models import masks
-
-from conftest import FIXTURES
 
 
 def test_prefix_lm_mask_by_hand():

@@ -2,13 +2,12 @@
 import jax
 import numpy as np
 import pytest
-
-from shallow_pi_jax import parity
-from shallow_pi_jax.models.config import ModelConfig
-from shallow_pi_jax.models.loading import load_model
-from shallow_pi_jax.models.pi0 import Pi0
-
 from conftest import FIXTURES
+
+from shallow_pi_jax.checkpoint.policy_dir import load_model
+from shallow_pi_jax.eval import parity
+from shallow_pi_jax.models.config import ModelConfig
+from shallow_pi_jax.models.pi0 import Pi0
 
 
 @pytest.fixture(scope="module", params=["pi0", "pi05"])

@@ -5,14 +5,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from shallow_pi_jax import checkpoints
-from shallow_pi_jax.models.config import ModelConfig
-from shallow_pi_jax.models.loading import load_model, param_shapes
-from shallow_pi_jax.models.observation import dummy_observation
-from shallow_pi_jax.models.pi0 import Pi0
-
 from conftest import FIXTURES
+
+from shallow_pi_jax.checkpoint import openpi_params
+from shallow_pi_jax.checkpoint.policy_dir import load_model
+from shallow_pi_jax.models.config import ModelConfig
+from shallow_pi_jax.models.observation import dummy_observation
+from shallow_pi_jax.models.params import param_shapes
+from shallow_pi_jax.models.pi0 import Pi0
 
 
 def openpi_shapes(c: ModelConfig) -> dict:
@@ -75,7 +75,7 @@ def fixture_paths(variant):
 @pytest.mark.parametrize("pi05,total", [(False, 3_238_048_528), (True, 3_353_433_872)])
 def test_real_size_tree_equals_openpi(pi05, total):
     cfg = ModelConfig.real(pi05=pi05)
-    ours = {k: tuple(v.shape) for k, v in checkpoints.flatten_params(param_shapes(cfg)).items()}
+    ours = {k: tuple(v.shape) for k, v in openpi_params.flatten_params(param_shapes(cfg)).items()}
     assert set(ours) == fixture_paths("pi05" if pi05 else "pi0")
     assert ours == openpi_shapes(cfg)
     assert sum(int(np.prod(s)) for s in ours.values()) == total
@@ -83,7 +83,7 @@ def test_real_size_tree_equals_openpi(pi05, total):
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
 def test_tiny_tree_equals_fixture_and_config_is_inferred(variant):
-    stored = checkpoints.flatten_params(checkpoints.params_shapes(FIXTURES / variant / "params"))
+    stored = openpi_params.flatten_params(openpi_params.params_shapes(FIXTURES / variant / "params"))
     shapes = {k: tuple(v.shape) for k, v in stored.items()}
     from_json = ModelConfig.from_fixture(FIXTURES / variant / "config.json")
     inferred = ModelConfig.from_param_shapes(shapes, action_horizon=from_json.action_horizon,
@@ -96,7 +96,7 @@ def test_fused_qkv_when_kv_heads_equal_heads():
     cfg = ModelConfig.from_fixture(FIXTURES / "pi0" / "config.json")
     mha = dataclasses.replace(cfg.llm, num_kv_heads=cfg.llm.num_heads)
     cfg = dataclasses.replace(cfg, llm=mha, expert=dataclasses.replace(cfg.expert, num_kv_heads=mha.num_heads))
-    flat = checkpoints.flatten_params(param_shapes(cfg))
+    flat = openpi_params.flatten_params(param_shapes(cfg))
     assert flat["PaliGemma/llm/layers/attn/qkv_einsum/w"].shape == (cfg.depth, 3, 4, 64, 16)
     assert "PaliGemma/llm/layers/attn/q_einsum/w" not in flat
     inferred = ModelConfig.from_param_shapes({k: v.shape for k, v in flat.items()}, action_horizon=10, max_token_len=48)
@@ -149,8 +149,8 @@ def test_checkpoint_of_another_architecture_is_rejected():
 
 def test_from_scratch_token_embedding_init_is_openpis():
     """openpi initialises the token table with std 0.01 (it is then scaled by sqrt(width))."""
-    from shallow_pi_jax.configs import demo_model
-    from shallow_pi_jax.models.loading import init_params
+    from shallow_pi_jax.training.config import demo_model
+    from shallow_pi_jax.models.params import init_params
 
     table = init_params(demo_model(depth=2), jax.random.PRNGKey(0))["PaliGemma"]["llm"]["embedder"]["input_embedding"]
     assert table.shape == (512, 64)

@@ -10,7 +10,11 @@ from shallow_pi_jax.models.observation import dummy_observation
 from shallow_pi_jax.models.pi0 import Pi0
 from shallow_pi_jax.serve import policy as policy_lib
 from shallow_pi_jax.serve.policy import Policy, load_checkpoint, load_policy
-from shallow_pi_jax.serve.testing import random_params, tiny_config, write_tiny_checkpoint
+from shallow_pi_jax.serve.testing import (
+    random_params,
+    tiny_config,
+    write_tiny_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,16 @@ import jax
 import numpy as np
 import pytest
 
-from shallow_pi_jax import checkpoints, configs, train
+from shallow_pi_jax import train
+from shallow_pi_jax.checkpoint import openpi_params
 from shallow_pi_jax.data import norm_stats
 from shallow_pi_jax.data.compute_stats import compute
 from shallow_pi_jax.data.config import DataConfig
 from shallow_pi_jax.models.config import ModelConfig
-from shallow_pi_jax.models.loading import init_params, param_shapes
+from shallow_pi_jax.models.params import init_params, param_shapes
 from shallow_pi_jax.sim.demo_dataset import build_demo_dataset
-from shallow_pi_jax.train_checkpoints import RunCheckpoints
+from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training.checkpoints import RunCheckpoints
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -28,19 +30,19 @@ def assets(tmp_path_factory):
     """A small demo dataset, its norm stats and a random 18-layer tiny teacher in openpi's layout."""
     root = tmp_path_factory.mktemp("train_assets")
     ds = build_demo_dataset(root / "data", num_episodes=16)
-    c = configs.distill_config(6, "demo,tiny")
+    c = train_config.distill_config(6, "demo,tiny")
     c.data.datasets[0]["data_dir"] = str(ds.data_dir)
     c.data.tokenizer_path = str(ds.tokenizer_path)
     dc = DataConfig.from_any(c.data)
     stats = root / "norm_stats.json"
     norm_stats.save(compute(dc, dc.datasets, progress=False), stats)
     teacher = root / "teacher" / "params"
-    checkpoints.save_params(jax.device_get(init_params(ModelConfig.from_dict(c.model), jax.random.PRNGKey(3))), teacher)
+    openpi_params.save_params(jax.device_get(init_params(ModelConfig.from_dict(c.model), jax.random.PRNGKey(3))), teacher)
     return {"data_dir": str(ds.data_dir), "tokenizer": str(ds.tokenizer_path), "stats": str(stats), "teacher": str(teacher)}
 
 
 def tiny_config(assets, arg="demo,tiny", depth=6):
-    c = configs.distill_config(depth, arg)
+    c = train_config.distill_config(depth, arg)
     c.data.datasets[0]["data_dir"] = assets["data_dir"]
     c.data.tokenizer_path = assets["tokenizer"]
     c.data.norm_stats_path = assets["stats"]
@@ -50,7 +52,7 @@ def tiny_config(assets, arg="demo,tiny", depth=6):
 
 
 def plain_config(assets):
-    c = configs.teacher_config("demo,tiny")
+    c = train_config.teacher_config("demo,tiny")
     c.data.datasets[0]["data_dir"] = assets["data_dir"]
     c.data.tokenizer_path, c.data.norm_stats_path = assets["tokenizer"], assets["stats"]
     return c
@@ -66,7 +68,7 @@ def test_three_distillation_steps_on_a_simulated_8_device_mesh(assets, tmp_path)
         assert k in metrics and np.isfinite(metrics[k]), k
     assert metrics["loss/attention_kd"] > 0 and metrics["loss/velocity_kd"] > 0
     assert int(state.step) == 3
-    teacher = checkpoints.restore_params(assets["teacher"])
+    teacher = openpi_params.restore_params(assets["teacher"])
     img_t = jax.tree.leaves(teacher["PaliGemma"]["img"])
     img_s = jax.tree.leaves(jax.device_get(state.params["PaliGemma"]["img"]))
     assert all(np.array_equal(a, b) for a, b in zip(img_t, img_s)), "frozen vision tower changed"
@@ -81,7 +83,7 @@ def test_three_distillation_steps_on_a_simulated_8_device_mesh(assets, tmp_path)
     assert lm["indices"] == [0, 3, 7, 10, 14, 17] and lm["teacher"] == assets["teacher"]
     cfg = ModelConfig.from_dict(json.loads((student / "model_config.json").read_text()))
     assert cfg.depth == 6
-    checkpoints.validate_params(checkpoints.params_shapes(student / "params"), param_shapes(cfg))
+    openpi_params.validate_params(openpi_params.params_shapes(student / "params"), param_shapes(cfg))
     assert (student / "assets" / "norm_stats.json").exists()
     assert json.loads((tmp_path / "config.json").read_text())["student"]["depth"] == 6
     assert any((tmp_path / "tensorboard").iterdir())
@@ -117,9 +119,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path, monkeyp
 
 
 CONFIG_FILE = '''
-from shallow_pi_jax import configs
+from shallow_pi_jax.training import config as train_config
 def get_config(arg=None):
-    c = configs.teacher_config("demo,tiny")  # plain training: the same loop, resume and checkpoints
+    c = train_config.teacher_config("demo,tiny")  # plain training: the same loop, resume and checkpoints
     c.data.datasets[0]["data_dir"] = {data_dir!r}
     c.data.tokenizer_path, c.data.norm_stats_path = {tok!r}, {stats!r}
     c.num_steps, c.checkpoint_every, c.async_checkpoint = 40, 1, False

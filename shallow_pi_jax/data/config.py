@@ -102,7 +102,7 @@ class DataConfig:
         return int(index), int(count)
 
     @classmethod
-    def from_any(cls, cfg) -> "DataConfig":
+    def from_any(cls, cfg) -> DataConfig:
         """Accept a DataConfig, an ml_collections ConfigDict or a plain dict."""
         if isinstance(cfg, DataConfig):
             return cfg

@@ -70,7 +70,7 @@ class Mapping:
         return out
 
     @classmethod
-    def from_dict(cls, d: _AbcMapping[str, Any]) -> "Mapping":
+    def from_dict(cls, d: _AbcMapping[str, Any]) -> Mapping:
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         for key in d:

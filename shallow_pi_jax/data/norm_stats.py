@@ -35,7 +35,7 @@ class NormStats:
     def dim(self) -> int:
         return int(self.mean.shape[-1])
 
-    def sliced(self, dim: int, name: str = "stats") -> "NormStats":
+    def sliced(self, dim: int, name: str = "stats") -> NormStats:
         if dim > self.dim:
             raise ValueError(f"norm stats '{name}': the data has {dim} dims but the stats only {self.dim}; "
                              "recompute them with tools/compute_norm_stats.py")
@@ -51,7 +51,7 @@ class NormStats:
         return out
 
     @classmethod
-    def from_json(cls, d: dict, name: str = "stats") -> "NormStats":
+    def from_json(cls, d: dict, name: str = "stats") -> NormStats:
         for key in ("mean", "std"):
             if key not in d:
                 raise ValueError(f"norm stats '{name}': missing '{key}' (got keys {sorted(d)})")

@@ -1,6 +1,6 @@
 """The training / evaluation input pipeline: `make_dataset(config.data, train=True)`.
 
-    from shallow_pi_jax.data import make_dataset
+    from shallow_pi_jax.data.pipeline import make_dataset
     it = make_dataset(config.data)        # endless iterator of numpy batches (train=True)
     batch = next(it)                      # see the contract below
     it.num_skipped_episodes               # bad episodes skipped so far (skip_bad_episodes=True)

@@ -105,6 +105,15 @@ def _lookup(flat: dict, path: str):
     return None
 
 
+def raw_state(obs, mapping) -> np.ndarray | None:
+    """The robot's own state vector from a raw observation, per `mapping.state`; None if a part is missing."""
+    flat = _flatten(obs)
+    parts = [_lookup(flat, p) for p in mapping.state]
+    if any(p is None for p in parts):
+        return None
+    return np.concatenate([np.atleast_1d(np.asarray(p, np.float32)) for p in parts])
+
+
 class InputTransform:
     """Raw robot observation (one example) → model inputs, for the policy server."""
 

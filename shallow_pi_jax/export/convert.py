@@ -21,7 +21,13 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from shallow_pi_jax.export.torch_model import TIED_STORED_AS, UNUSED_KEY, Pi0Torch, check_state_dict, file_keys
+from shallow_pi_jax.export.torch_model import (
+    TIED_STORED_AS,
+    UNUSED_KEY,
+    Pi0Torch,
+    check_state_dict,
+    file_keys,
+)
 from shallow_pi_jax.models.config import GemmaConfig, ModelConfig
 
 _V = "paligemma_with_expert.paligemma.model.vision_tower.vision_model."

@@ -26,11 +26,9 @@ def _variant(g, real, name: str) -> str:
     return name if same else "custom"
 
 
-def make_export_config(cfg: ModelConfig, precision: str = "float32", layer_map: dict | None = None,
-                       source: dict | None = None, constants: dict | None = None) -> dict:
-    if constants is None:
-        from shallow_pi_jax.export.torch_model import float32_constants
-        constants = float32_constants(cfg.expert.width, cfg.llm.head_dim)
+def make_export_config(cfg: ModelConfig, constants: dict, precision: str = "float32", layer_map: dict | None = None,
+                       source: dict | None = None) -> dict:
+    """`constants`: torch_model.float32_constants(...) of this model (JAX's exact float32 values)."""
     return {
         "format": FORMAT,
         "model": cfg.to_dict(),

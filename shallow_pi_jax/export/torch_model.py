@@ -16,13 +16,16 @@ inputs, so `torch.onnx.export` traces a graph with a dynamic batch.
 from __future__ import annotations
 
 import math
+import pathlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
+from shallow_pi_jax.export.export_config import read_export_config
 from shallow_pi_jax.models.config import GemmaConfig, ModelConfig, SiglipConfig
 
 # openpi's JAX attention masks logits with this value (not -inf) before a float32 softmax.
@@ -418,7 +421,7 @@ class Pi0Torch(nn.Module):
         scale = c.llm.head_dim ** -0.5
         for i in range(c.depth):
             layers = [s.layers[i] for s in stacks]
-            qs, kk, vv, gates, normed = [], [], [], [], []
+            qs, kk, vv, gates = [], [], [], []
             for x, layer, cd in zip(xs, layers, conds):
                 if x is None:
                     continue
@@ -577,12 +580,6 @@ def load_pretrained(directory, dtype: str | torch.dtype | None = None, device="c
 
     dtype: None keeps the file's precision; otherwise the weights are cast after loading.
     """
-    import pathlib
-
-    from safetensors.torch import load_file
-
-    from shallow_pi_jax.export.export_config import read_export_config
-
     directory = pathlib.Path(directory)
     cfg, meta = read_export_config(directory / "config.json")
     tensors = load_file(str(directory / "model.safetensors"), device=str(device))

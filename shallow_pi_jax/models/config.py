@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Mapping
+from collections.abc import Mapping
+from typing import Any
 
 IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 
@@ -88,7 +89,7 @@ class ModelConfig:
     def suffix_len(self) -> int:
         return self.action_horizon + (0 if self.pi05 else 1)
 
-    def with_depth(self, depth: int) -> "ModelConfig":
+    def with_depth(self, depth: int) -> ModelConfig:
         return dataclasses.replace(self, llm=dataclasses.replace(self.llm, depth=depth),
                                    expert=dataclasses.replace(self.expert, depth=depth))
 
@@ -97,7 +98,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "ModelConfig":
+    def from_dict(cls, d: Mapping) -> ModelConfig:
         d = dict(d)
         d["llm"] = GemmaConfig(**d["llm"])
         d["expert"] = GemmaConfig(**d["expert"])
@@ -109,7 +110,7 @@ class ModelConfig:
         return cls(**d)
 
     @classmethod
-    def real(cls, pi05: bool = True, **overrides) -> "ModelConfig":
+    def real(cls, pi05: bool = True, **overrides) -> ModelConfig:
         """openpi's released π0 / π0.5 sizes (π0.5 uses 200 prompt tokens, π0 48)."""
         base = dict(pi05=pi05, llm=GEMMA_2B, expert=GEMMA_300M, siglip=SO400M_14,
                     max_token_len=200 if pi05 else 48, action_horizon=50)
@@ -117,7 +118,7 @@ class ModelConfig:
         return cls(**base)
 
     @classmethod
-    def from_fixture(cls, path, **overrides) -> "ModelConfig":
+    def from_fixture(cls, path, **overrides) -> ModelConfig:
         """Read the `config.json` written next to openpi's tiny reference fixtures."""
         with open(path) as f:
             c = json.load(f)
@@ -135,7 +136,7 @@ class ModelConfig:
         return cls(**base)
 
     @classmethod
-    def from_param_shapes(cls, shapes: Mapping[str, tuple], **overrides) -> "ModelConfig":
+    def from_param_shapes(cls, shapes: Mapping[str, tuple], **overrides) -> ModelConfig:
         """Infer every size that a checkpoint determines from its '/'-joined param shapes.
 
         What the tree cannot tell (horizon, prompt length, camera names) comes from `overrides`
@@ -168,7 +169,7 @@ class ModelConfig:
         _, _, vit_heads, _ = get("PaliGemma/img/Transformer/encoderblock/MultiHeadDotProductAttention_0/query/kernel")
         vit_depth, _, vit_mlp = get("PaliGemma/img/Transformer/encoderblock/MlpBlock_0/Dense_0/kernel")
         base = dict(
-            pi05="time_mlp_in/kernel" in shapes,
+            pi05=is_pi05_tree(shapes),
             llm=gemma("", width), expert=gemma("_1", expert_width),
             siglip=SiglipConfig(width=vit_width, depth=vit_depth, mlp_dim=vit_mlp, num_heads=vit_heads,
                                 patch_size=(ph, pw)),
@@ -176,3 +177,13 @@ class ModelConfig:
             image_size=(side * ph, side * pw))
         base.update(overrides)
         return cls(**base)
+
+
+def is_pi05_tree(flat_shapes: Mapping[str, Any]) -> bool:
+    """π0.5 from a '/'-joined params tree: only π0.5 has the time MLP that feeds adaRMSNorm."""
+    return "time_mlp_in/kernel" in flat_shapes
+
+
+def default_max_token_len(pi05: bool) -> int:
+    """openpi's Pi0Config default prompt length: 200 tokens for π0.5, 48 for π0."""
+    return 200 if pi05 else 48

@@ -8,7 +8,7 @@ Training batches add "actions": float32 [B, action_horizon, action_dim].
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from shallow_pi_jax.models.config import ModelConfig
 

@@ -10,11 +10,13 @@ token +) the noisy action tokens. The action expert attends to the prefix throug
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from shallow_pi_jax.models import masks
 from shallow_pi_jax.models.config import ModelConfig
@@ -163,7 +165,7 @@ class Pi0(nn.Module):
         _, kv_cache, _ = self.PaliGemma.llm([prefix.tokens, None], prefix_positions,
                                             masks.make_attn_mask(prefix.mask, prefix.ar_mask))
         (x_0, _), (xs, vs, times) = nn.scan(
-            _denoise_step, variable_broadcast="params", split_rngs={"params": False},
+            denoise_step, variable_broadcast="params", split_rngs={"params": False},
             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=num_steps,
         )(self, (noise.astype(jnp.float32), jnp.float32(1.0)), obs, kv_cache, prefix.mask, dt)
         if return_trajectory:
@@ -171,7 +173,7 @@ class Pi0(nn.Module):
         return x_0
 
 
-def _denoise_step(model: Pi0, carry, obs, kv_cache, prefix_mask, dt):
+def denoise_step(model: Pi0, carry, obs, kv_cache, prefix_mask, dt):
     """One Euler step: only the action expert runs, attending to the cached prefix keys/values."""
     c = model.config
     x_t, time = carry
@@ -187,3 +189,30 @@ def _denoise_step(model: Pi0, carry, obs, kv_cache, prefix_mask, dt):
     v_t = model.action_out_proj(out[:, -c.action_horizon:].astype(jnp.float32))
     # Time is accumulated in float32 step by step, as openpi's loop does.
     return (x_t + dt * v_t, time + dt), (x_t, v_t, time)
+
+
+class CameraSkippingPi0(Pi0):
+    """Pi0 whose vision tower runs only for `active_cameras` (None = all); same params tree.
+
+    Skipped cameras get zero image tokens, which is exact when their mask is false for the whole
+    batch: masked prefix tokens are never attended by valid tokens and do not shift positions."""
+
+    active_cameras: Optional[tuple[str, ...]] = None
+
+    def embed_images(self, obs) -> jax.Array:
+        if self.active_cameras is None:
+            return super().embed_images(obs)
+        c = self.config
+        parts = []
+        for cam in c.image_keys:
+            if cam in self.active_cameras:
+                parts.append(self.PaliGemma.img(obs["images"][cam]))
+            else:
+                b = obs["images"][cam].shape[0]
+                parts.append(jnp.zeros((b, c.tokens_per_image, c.llm.width), jnp.dtype(c.dtype)))
+        return jnp.concatenate(parts, axis=1)
+
+
+def active_cameras(cfg: ModelConfig, image_masks: Mapping[str, Any]) -> tuple[str, ...]:
+    """Cameras whose mask is true for at least one example of the batch (host-side, static)."""
+    return tuple(cam for cam in cfg.image_keys if bool(np.any(np.asarray(image_masks[cam]))))

@@ -20,7 +20,9 @@ import logging
 import sys
 import time
 
+from shallow_pi_jax.serve.policy import load_policy, warmup_observation
 from shallow_pi_jax.serve.presets import PRESETS
+from shallow_pi_jax.serve.server import PolicyServer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from shallow_pi_jax.serve.policy import load_policy, warmup_observation
-    from shallow_pi_jax.serve.server import PolicyServer
 
     try:
         policy = load_policy(args.checkpoint, env=args.env, tokenizer_path=args.tokenizer,

@@ -19,47 +19,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 import time
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shallow_pi_jax import checkpoints
+from shallow_pi_jax.checkpoint import policy_dir
 from shallow_pi_jax.data import transforms as data_transforms
 from shallow_pi_jax.data.config import DataConfig, DatasetSpec
-from shallow_pi_jax.models.config import ModelConfig
-from shallow_pi_jax.models.loading import load_model
-from shallow_pi_jax.models.observation import validate_observation
-from shallow_pi_jax.models.pi0 import Pi0
+from shallow_pi_jax.models.config import ModelConfig, is_pi05_tree
+from shallow_pi_jax.models.observation import dummy_observation, validate_observation
+from shallow_pi_jax.models.pi0 import CameraSkippingPi0, active_cameras
 from shallow_pi_jax.serve.presets import EnvPreset, get_preset
-
-
-class CameraSkippingPi0(Pi0):
-    """Pi0 whose vision tower runs only for `active_cameras` (None = all); same params tree."""
-
-    active_cameras: Optional[tuple[str, ...]] = None
-
-    def embed_images(self, obs) -> jax.Array:
-        if self.active_cameras is None:
-            return super().embed_images(obs)
-        c = self.config
-        parts = []
-        for cam in c.image_keys:
-            if cam in self.active_cameras:
-                parts.append(self.PaliGemma.img(obs["images"][cam]))
-            else:
-                b = obs["images"][cam].shape[0]
-                parts.append(jnp.zeros((b, c.tokens_per_image, c.llm.width), jnp.dtype(c.dtype)))
-        return jnp.concatenate(parts, axis=1)
-
-
-def active_cameras(cfg: ModelConfig, image_masks: Mapping[str, Any]) -> tuple[str, ...]:
-    """Cameras whose mask is true for at least one example of the batch (host-side, static)."""
-    return tuple(cam for cam in cfg.image_keys if bool(np.any(np.asarray(image_masks[cam]))))
+from shallow_pi_jax.sim.demo_dataset import cached_demo_dataset
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "num_steps", "active"))
@@ -144,11 +120,8 @@ class Policy:
         ot = self.output_transform
         if getattr(ot, "delta_mask", None) is None:
             return None
-        flat = data_transforms._flatten(obs)
-        parts = [data_transforms._lookup(flat, p) for p in ot.spec.mapping.state]
-        if any(p is None for p in parts):
-            return None  # the input transform has already reported the missing field
-        return np.concatenate([np.atleast_1d(np.asarray(p, np.float32)) for p in parts])
+        # A missing part gives None: the input transform has already reported the missing field.
+        return data_transforms.raw_state(obs, ot.spec.mapping)
 
 
 # ----------------------------------------------------------------------------- loading checkpoints
@@ -162,47 +135,19 @@ class Checkpoint:
     norm_stats: pathlib.Path | None  # found in assets/, None when there is none
 
 
-def find_norm_stats(root: pathlib.Path, asset_id: str | None = None) -> pathlib.Path | None:
-    """assets/norm_stats.json (our students) or assets/<asset_id>/norm_stats.json (openpi)."""
-    assets = root / "assets"
-    if (assets / "norm_stats.json").is_file():
-        return assets / "norm_stats.json"
-    if asset_id and (assets / asset_id / "norm_stats.json").is_file():
-        return assets / asset_id / "norm_stats.json"
-    found = sorted(assets.rglob("norm_stats.json")) if assets.is_dir() else []
-    if len(found) == 1:
-        return found[0]
-    if len(found) > 1:
-        raise ValueError(f"{assets}: several norm_stats.json ({[str(f.relative_to(assets)) for f in found]}); "
-                         "choose one with --norm-stats")
-    return None
-
-
 def load_checkpoint(path, *, action_horizon: int | None = None, max_token_len: int | None = None,
                     preset: EnvPreset | None = None, dtype: str | None = None) -> Checkpoint:
-    """Read a student or openpi checkpoint; overrides apply only when there is no model_config.json."""
-    params_dir = checkpoints.resolve_params_dir(path)
-    root = params_dir.parent if params_dir.name == "params" else params_dir
-    cfg_file = root / "model_config.json"
-    if cfg_file.is_file():
-        cfg = ModelConfig.from_dict(json.loads(cfg_file.read_text()))
-        for name, value in (("action_horizon", action_horizon), ("max_token_len", max_token_len)):
-            if value is not None and value != getattr(cfg, name):
-                raise ValueError(f"{name}: the checkpoint's model_config.json says {getattr(cfg, name)}, "
-                                 f"got {value}; a trained model cannot change it")
-    else:
-        shapes = checkpoints.flatten_params(checkpoints.params_shapes(params_dir))
-        pi05 = "time_mlp_in/kernel" in shapes
-        horizon = action_horizon or (preset.horizon(pi05) if preset else 50)
-        cfg = ModelConfig.from_param_shapes({k: v.shape for k, v in shapes.items()}, action_horizon=horizon,
-                                            max_token_len=max_token_len or (200 if pi05 else 48))
+    """Read a policy directory (ours or openpi's); overrides fill only what it does not record."""
+    pd = policy_dir.read(path)
+    default_horizon = None
+    if pd.config is None:
+        default_horizon = preset.horizon(is_pi05_tree(pd.shapes())) if preset else 50
+    cfg = pd.model_config(action_horizon=action_horizon, max_token_len=max_token_len,
+                          default_horizon=default_horizon)
     if dtype is not None:
         cfg = dataclasses.replace(cfg, dtype=dtype)
-    model, params = load_model(params_dir, config=cfg)
-    del model
-    lm_file = root / "layer_map.json"
-    layer_map = json.loads(lm_file.read_text()) if lm_file.is_file() else None
-    return Checkpoint(root, cfg, params, layer_map, find_norm_stats(root, preset.asset_id if preset else None))
+    _, params = policy_dir.load_model(pd.params_dir, config=cfg)
+    return Checkpoint(pd.root, cfg, params, pd.layer_map, pd.norm_stats(preset.asset_id if preset else None))
 
 
 def serving_data_config(cfg: ModelConfig, preset: EnvPreset, *, tokenizer_path: str, norm_stats_path,
@@ -221,9 +166,7 @@ def serving_data_config(cfg: ModelConfig, preset: EnvPreset, *, tokenizer_path: 
 
 def demo_tokenizer_path() -> pathlib.Path:
     """The bundled demo dataset's tokenizer (built offline in seconds on first use)."""
-    from shallow_pi_jax import demo
-
-    return demo._dataset().tokenizer_path
+    return cached_demo_dataset().tokenizer_path
 
 
 def load_policy(checkpoint, *, env: str = "libero", tokenizer_path=None, norm_stats_path=None,
@@ -260,8 +203,6 @@ def load_policy(checkpoint, *, env: str = "libero", tokenizer_path=None, norm_st
 
 def warmup_observation(policy: Policy) -> dict:
     """A model-input batch of one whose camera masks match the robot's mapping (compiles the real path)."""
-    from shallow_pi_jax.models.observation import dummy_observation
-
     obs = dummy_observation(policy.config, 1)
     it = policy.input_transform
     if it is not None:

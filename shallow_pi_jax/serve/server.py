@@ -21,12 +21,13 @@ import logging
 import threading
 import time
 import traceback
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
-from shallow_pi_jax.serve import wire
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+
+from shallow_pi_jax.serve import wire
 
 log = logging.getLogger(__name__)
 

@@ -8,16 +8,16 @@ actions mean nothing. The tokenizer is the demo task's sentencepiece model.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax
 import numpy as np
 
-from shallow_pi_jax import checkpoints
+from shallow_pi_jax.checkpoint import policy_dir
 from shallow_pi_jax.data import norm_stats
 from shallow_pi_jax.models.config import GemmaConfig, ModelConfig, SiglipConfig
-from shallow_pi_jax.models.loading import param_shapes
+from shallow_pi_jax.models.params import param_shapes
+from shallow_pi_jax.sim.demo_dataset import train_tokenizer
 
 
 def tiny_config(depth: int = 2, pi05: bool = True, cameras=("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"),
@@ -63,13 +63,9 @@ def write_tiny_checkpoint(root, cfg: ModelConfig | None = None, *, params=None, 
     root = pathlib.Path(root)
     cfg = cfg or tiny_config()
     params = params if params is not None else random_params(cfg, seed)
-    checkpoints.save_params(params, root / "params", overwrite=True)
-    (root / "model_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-    if layer_map is not None:
-        (root / "layer_map.json").write_text(json.dumps(layer_map, indent=1) + "\n")
-    norm_stats.save(tiny_norm_stats(state_dim, robot_action_dim, seed), root / "assets" / "norm_stats.json")
+    policy_dir.write(root, params, cfg, layer_map=layer_map)
+    norm_stats.save(tiny_norm_stats(state_dim, robot_action_dim, seed),
+                    root / policy_dir.ASSETS / policy_dir.NORM_STATS)
     if tokenizer:
-        from shallow_pi_jax.sim.demo_dataset import train_tokenizer
-
         (root / "tokenizer.model").write_bytes(train_tokenizer())
     return root

@@ -30,7 +30,7 @@ import os
 import pathlib
 import shutil
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -71,8 +71,19 @@ class DemoDataset:
 
 
 def default_data_dir() -> pathlib.Path:
-    """Where the trainer and tools cache the demo dataset ($SHALLOW_PI_DEMO_DIR overrides)."""
+    """Where `make_demo_dataset` writes the demo dataset by default ($SHALLOW_PI_DEMO_DIR overrides)."""
     return pathlib.Path(os.environ.get("SHALLOW_PI_DEMO_DIR", "~/.cache/shallow_pi_jax/demo")).expanduser()
+
+
+def cache_dir() -> pathlib.Path:
+    """The cache of the embedded default: demo data, its norm stats, demo teachers ($SHALLOW_PI_CACHE)."""
+    return pathlib.Path(os.environ.get("SHALLOW_PI_CACHE", "~/.cache/shallow_pi_jax")).expanduser()
+
+
+def cached_demo_dataset() -> DemoDataset:
+    """The demo dataset of the embedded default, built on first use under `cache_dir()`."""
+    # Our own cache: a build from an older generator is replaced (with its norm stats) rather than refused.
+    return build_demo_dataset(cache_dir() / "demo_data", overwrite=True)
 
 
 def train_tokenizer(vocab_size: int = TOKENIZER_VOCAB) -> bytes:

@@ -20,7 +20,7 @@ chunks, executing the first k actions of each chunk before querying it again.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

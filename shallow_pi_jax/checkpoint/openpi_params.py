@@ -1,0 +1,452 @@
+"""openpi parameter checkpoints: restore, save, validate, and read single leaves from disk.
+
+openpi stores parameters as an orbax PyTree checkpoint whose item is `{"params": <pure dict>}`
+(`<ckpt>/params/`, next to `<ckpt>/assets/` with the norm stats). Checkpoints written by openpi
+training from an `nnx.State` carry an extra trailing `value` key on every leaf; it is stripped here
+so every function sees and returns the pure dict, with paths like
+`PaliGemma/llm/layers/attn/q_einsum/w`.
+
+    params = restore_params("pi05_base/params", dtype=jnp.bfloat16)
+    params = restore_params("pi05_base/params", sharding=NamedSharding(mesh, P()))
+    save_params(params, "out/params")              # openpi's restore_params reads it back
+    reader = ParamsReader("pi05_base/params")      # one leaf (or a few layers of one) at a time
+    q = reader.read("PaliGemma/llm/layers/attn/q_einsum/w", layers=[0, 3, 7])
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import itertools
+import json
+import os
+import pathlib
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import tensorstore as ts
+
+from shallow_pi_jax import fileio
+
+SEP = "/"
+_VALUE_KEY = "value"
+
+
+# ----------------------------------------------------------------------------- pure-dict helpers
+
+def flatten_params(tree: Mapping, sep: str = SEP) -> dict[str, Any]:
+    """{"a": {"b": x}} -> {"a/b": x}. Leaves are anything that is not a Mapping."""
+    flat: dict[str, Any] = {}
+
+    def visit(node, prefix):
+        if isinstance(node, Mapping) or _is_tree_metadata(node):
+            for k, v in node.items():
+                visit(v, f"{prefix}{sep}{k}" if prefix else str(k))
+        else:
+            flat[prefix] = node
+
+    if not (isinstance(tree, Mapping) or _is_tree_metadata(tree)):
+        raise ValueError(f"params: expected a nested dict, got {type(tree).__name__}")
+    visit(tree, "")
+    return flat
+
+
+def unflatten_params(flat: Mapping[str, Any], sep: str = SEP) -> dict:
+    """Inverse of flatten_params."""
+    tree: dict = {}
+    for path, leaf in flat.items():
+        keys = path.split(sep)
+        node = tree
+        for i, k in enumerate(keys[:-1]):
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"param path conflict: {sep.join(keys[:i + 1])!r} is both a leaf and a prefix")
+        if keys[-1] in node:
+            raise ValueError(f"param path conflict: {path!r} is both a leaf and a prefix")
+        node[keys[-1]] = leaf
+    return tree
+
+
+def _is_tree_metadata(node) -> bool:
+    # orbax returns its own Mapping-like container for checkpoint metadata.
+    return hasattr(node, "items") and hasattr(node, "tree") and not hasattr(node, "shape")
+
+
+def _strip_value_suffix(flat: dict[str, Any]) -> dict[str, Any]:
+    suffix = SEP + _VALUE_KEY
+    if flat and all(p.endswith(suffix) for p in flat):
+        return {p[: -len(suffix)]: v for p, v in flat.items()}
+    return flat
+
+
+# ----------------------------------------------------------------------------- locating a checkpoint
+
+def resolve_params_dir(path: str | os.PathLike) -> pathlib.Path:
+    """Accept `<ckpt>/params` or `<ckpt>` itself; return the orbax directory holding `_METADATA`."""
+    p = pathlib.Path(path).expanduser().resolve()
+    if (p / "_METADATA").is_file():
+        return p
+    if (p / "params" / "_METADATA").is_file():
+        return p / "params"
+    if not p.exists():
+        raise ValueError(f"params_dir: {str(path)!r} does not exist")
+    raise ValueError(
+        f"params_dir: {str(path)!r} is not an orbax params checkpoint (no _METADATA there or in "
+        f"params/); pass an openpi checkpoint's params/ directory")
+
+
+def _params_metadata(params_dir: pathlib.Path) -> dict[str, Any]:
+    """{stored path: orbax ArrayMetadata} for the leaves under the item's 'params' key."""
+    with ocp.PyTreeCheckpointer() as ckptr:
+        item = ckptr.metadata(params_dir).item_metadata
+    top = list(item.keys())
+    if "params" not in top:
+        raise ValueError(
+            f"{params_dir}: expected openpi's layout, an item {{'params': pure dict}}; found "
+            f"top-level keys {top}")
+    return flatten_params(item["params"])
+
+
+def params_shapes(params_dir: str | os.PathLike) -> dict:
+    """Pure-dict tree of jax.ShapeDtypeStruct for a checkpoint, read from metadata only."""
+    meta = _strip_value_suffix(_params_metadata(resolve_params_dir(params_dir)))
+    return unflatten_params({p: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype) for p, m in meta.items()})
+
+
+# ----------------------------------------------------------------------------- restore / save
+
+ShardingSpec = jax.sharding.Sharding | Mapping | Callable[[str, jax.ShapeDtypeStruct], jax.sharding.Sharding]
+
+
+def restore_params(params_dir: str | os.PathLike, dtype=None, sharding: ShardingSpec | None = None) -> dict:
+    """Read openpi params as a pure dict.
+
+    Args:
+      params_dir: `<ckpt>/params` (or `<ckpt>`), an orbax checkpoint with item {"params": ...}.
+      dtype: cast every leaf to this dtype while reading (e.g. jnp.bfloat16); None keeps the stored one.
+      sharding: None returns host numpy arrays. Otherwise jax.Arrays placed as asked, each device
+        reading only its own shard from disk: one `jax.sharding.Sharding` for every leaf, a pure-dict
+        pytree of shardings, or a callable `(path, jax.ShapeDtypeStruct) -> Sharding`.
+    """
+    params_dir = resolve_params_dir(params_dir)
+    stored = _params_metadata(params_dir)
+    pure_of = dict(zip(stored, _strip_value_suffix(dict.fromkeys(stored)).keys()))
+    shardings = _leaf_shardings(sharding, {pure_of[p]: m for p, m in stored.items()}, dtype)
+
+    def args_for(path, meta):
+        if sharding is None:
+            return ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype)
+        return ocp.ArrayRestoreArgs(restore_type=jax.Array, sharding=shardings[pure_of[path]],
+                                    global_shape=tuple(meta.shape), dtype=dtype)
+
+    item = {"params": unflatten_params(stored)}
+    restore_args = {"params": unflatten_params({p: args_for(p, m) for p, m in stored.items()})}
+    with ocp.PyTreeCheckpointer() as ckptr:
+        restored = ckptr.restore(params_dir, ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
+    return unflatten_params(_strip_value_suffix(flatten_params(restored["params"])))
+
+
+def _leaf_shardings(sharding, meta: dict[str, Any], dtype) -> dict[str, jax.sharding.Sharding]:
+    if sharding is None:
+        return {}
+    if isinstance(sharding, jax.sharding.Sharding):
+        return dict.fromkeys(meta, sharding)
+    if callable(sharding) and not isinstance(sharding, Mapping):
+        return {p: sharding(p, jax.ShapeDtypeStruct(tuple(m.shape), dtype or m.dtype)) for p, m in meta.items()}
+    if isinstance(sharding, Mapping):
+        flat = flatten_params(sharding)
+        missing = sorted(set(meta) - set(flat))
+        if missing:
+            raise ValueError(f"sharding: no sharding given for {len(missing)} leaves, e.g. {missing[:5]}")
+        bad = [p for p in meta if not isinstance(flat[p], jax.sharding.Sharding)]
+        if bad:
+            raise ValueError(f"sharding: expected jax.sharding.Sharding leaves, got "
+                             f"{type(flat[bad[0]]).__name__} at {bad[0]!r}")
+        return {p: flat[p] for p in meta}
+    raise ValueError(f"sharding: expected a Sharding, a pytree of them or a callable, got {type(sharding).__name__}")
+
+
+def save_params(params: Mapping, params_dir: str | os.PathLike, *, overwrite: bool = False,
+                compress: bool = False) -> pathlib.Path:
+    """Write `params` (pure dict of numpy or jax arrays) as openpi does: item {"params": params}.
+
+    Atomic: the checkpoint is written to a temporary sibling directory and renamed into place, so
+    `params_dir` either does not exist or is complete. Same orbax format as openpi's (OCDBT, zarr
+    v2); chunks are stored uncompressed unless `compress` (zstd, as openpi's own saves), because
+    compressing costs memory of the order of the whole tree during the save; the price is larger
+    files. Every orbax reader, openpi's restore_params included, reads both. numpy leaves are put
+    on the CPU device first, which reuses their buffer when it is 64-byte aligned and copies it
+    otherwise (make_student reads into aligned buffers for that reason).
+    """
+    params_dir = pathlib.Path(params_dir).expanduser().resolve()
+    flat = flatten_params(params)
+    if not flat:
+        raise ValueError("params: nothing to save (empty tree)")
+    if params_dir.exists() and not overwrite:
+        raise ValueError(f"params_dir: {params_dir} already exists (pass overwrite=True to replace it)")
+    params_dir.parent.mkdir(parents=True, exist_ok=True)
+    # openpi writes jax.Arrays (value_type 'jax.Array' plus a _sharding entry); host numpy leaves
+    # are placed on the CPU device, which on CPU reuses the buffer instead of copying it.
+    cpu = jax.devices("cpu")[0]
+    flat = {p: v if isinstance(v, jax.Array) else jax.device_put(np.asarray(v), cpu) for p, v in flat.items()}
+    tree = unflatten_params(flat)  # plain dicts only: orbax keys its metadata on container types
+    if jax.process_count() > 1:
+        # orbax coordinates hosts and does its own temp-dir + rename; a second rename would race.
+        with _bounded_checkpointer(flat, compress) as ckptr:
+            ckptr.save(params_dir, args=ocp.args.PyTreeSave({"params": tree}), force=overwrite)
+        return params_dir
+    tmp = params_dir.parent / f".{params_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with _bounded_checkpointer(flat, compress) as ckptr:
+            ckptr.save(tmp, args=ocp.args.PyTreeSave({"params": tree}))
+        fileio.replace_dir(tmp, params_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return params_dir
+
+
+def _bounded_checkpointer(flat: Mapping[str, Any], compress: bool) -> ocp.Checkpointer:
+    """An orbax checkpointer (OCDBT, zarr v2, like openpi's) that stages about one leaf at a time.
+
+    Left to itself orbax stages a host copy of every array and, with compression, tensorstore holds
+    compressed copies of many chunks at once: saving a 3.3 GiB tree peaked at 5.9 GiB. With
+    in-flight bytes limited to the largest leaf (orbax refuses a smaller limit) and no
+    compression, the same save adds under 0.1 GiB.
+    """
+    largest = max(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in flat.values())
+    limit = max(largest + (1 << 20), 256 << 20)
+    impl = ocp.BasePyTreeCheckpointHandler(save_concurrent_bytes=limit, save_device_host_concurrent_bytes=limit,
+                                           use_ocdbt=True, use_compression=compress)
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(handler_impl=impl))
+
+
+# ----------------------------------------------------------------------------- validation
+
+def validate_params(params: Mapping, expected: Mapping, *, check_dtype: bool = False) -> None:
+    """Raise one ValueError listing missing, unexpected and mis-shaped leaves ('/'-joined paths).
+
+    `expected` is a pytree of jax.ShapeDtypeStruct or arrays (anything with .shape / .dtype), e.g.
+    `jax.eval_shape(model.init, ...)["params"]` or `params_shapes(dir)`.
+    """
+    got, want = flatten_params(params), flatten_params(expected)
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    problems = []
+    for p in sorted(set(want) & set(got)):
+        gs, ws = tuple(np.shape(got[p])), tuple(want[p].shape)
+        if gs != ws:
+            problems.append(f"  {p}: expected shape {ws}, got {gs}")
+        elif check_dtype and np.dtype(got[p].dtype) != np.dtype(want[p].dtype):
+            problems.append(f"  {p}: expected dtype {np.dtype(want[p].dtype)}, got {np.dtype(got[p].dtype)}")
+    if not (missing or unexpected or problems):
+        return
+    lines = ["params do not match the expected tree:"]
+    if missing:
+        lines += [f"missing ({len(missing)}):"] + [f"  {p} {tuple(want[p].shape)}" for p in missing]
+    if unexpected:
+        lines += [f"unexpected ({len(unexpected)}):"] + [f"  {p} {tuple(np.shape(got[p]))}" for p in unexpected]
+    if problems:
+        lines += [f"mismatched ({len(problems)}):"] + problems
+    raise ValueError("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- reading leaves from disk
+
+class ParamsReader:
+    """Read one leaf, or some layers of a stacked leaf, straight from an orbax checkpoint.
+
+    Goes through tensorstore, so memory is the requested slice plus the storage chunks it touches
+    (orbax writes one chunk per saved shard). A leaf saved from one device is one chunk (split
+    along later axes past 2 GB), and decoding a 2 GB chunk to keep 6 of its 18 layers would cost
+    twice the leaf. So leaves of at least `stream_min_bytes` stored as zarr chunks spanning axis 0
+    (orbax's default; zstd or uncompressed) are decoded as a stream, keeping only the requested
+    rows: memory is the result plus ~8 MB (or one chunk row if larger). make_student uses this.
+    """
+
+    def __init__(self, params_dir: str | os.PathLike, stream_min_bytes: int = 64 << 20):
+        self.directory = resolve_params_dir(params_dir)
+        self.stream_min_bytes = stream_min_bytes
+        stored = _params_metadata(self.directory)
+        pure = _strip_value_suffix(dict.fromkeys(stored))
+        self._names = {p: m.name for p, m in zip(pure, stored.values())}
+        self.shapes = {p: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype) for p, m in zip(pure, stored.values())}
+        meta_json = json.loads((self.directory / "_METADATA").read_text())
+        self._driver = "zarr3" if meta_json.get("use_zarr3") else "zarr"
+        self._ocdbt = (self.directory / "manifest.ocdbt").is_file()
+
+    @property
+    def paths(self) -> list[str]:
+        return list(self.shapes)
+
+    def _kvstore_spec(self, path: str) -> dict:
+        if path not in self._names:
+            raise ValueError(f"path: {path!r} is not a leaf of {self.directory}")
+        name = self._names[path]
+        if self._ocdbt:
+            return {"driver": "ocdbt", "base": f"file://{self.directory}", "path": f"{name}/"}
+        return {"driver": "file", "path": f"{self.directory / name}/"}
+
+    def _open(self, path: str):
+        kvstore = self._kvstore_spec(path)
+        # No chunk cache: each chunk is decoded once for the read and then dropped.
+        ctx = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+        return ts.open({"driver": self._driver, "kvstore": kvstore}, open=True, read=True, context=ctx).result()
+
+    def _read_streaming(self, path: str, store, rows: list[int]) -> np.ndarray | None:
+        """Rows of axis 0 of a zarr v2 leaf (zstd or uncompressed) whose chunks each span all of
+        axis 0 (orbax's layout for a leaf saved from one device; it splits only chunks over 2 GB,
+        along later axes), decoded chunk by chunk as a stream. None if stored any other way (then
+        tensorstore reads it)."""
+        meta = store.spec().to_json().get("metadata", {})
+        shape, chunks = tuple(store.shape), tuple(meta.get("chunks", ()))
+        dtype = np.dtype(store.dtype.numpy_dtype)
+        compressor = (meta.get("compressor") or {}).get("id")
+        if (self._driver != "zarr" or not shape or len(chunks) != len(shape) or chunks[0] != shape[0]
+                or compressor not in ("zstd", None) or meta.get("filters")
+                or meta.get("order") != "C" or dtype.byteorder == ">"):
+            return None
+
+        kv = ts.KvStore.open(self._kvstore_spec(path)).result()
+        sep = meta.get("dimension_separator", ".")
+        out = _aligned_empty((len(rows),) + shape[1:], dtype)
+        targets: dict[int, list[int]] = {}
+        for j, i in enumerate(rows):
+            targets.setdefault(i, []).append(j)
+        last = max(rows) + 1
+        row_shape = chunks[1:]  # zarr v2 stores edge chunks padded to the full chunk shape
+        row_bytes = int(np.prod(row_shape)) * dtype.itemsize
+        block = max(1, min(last, (8 << 20) // max(row_bytes, 1)))
+        scratch = np.empty((block,) + row_shape, dtype)
+        grid = [range(-(-s // c)) for s, c in zip(shape[1:], chunks[1:])]
+        for cell in itertools.product(*grid):
+            source = _KvValueFile(kv, sep.join(["0"] + [str(c) for c in cell]))
+            if source.size == 0:
+                return None  # chunk not stored (all fill value): let tensorstore fill it
+            region = tuple(slice(c * k, min((c + 1) * k, s)) for c, k, s in zip(cell, chunks[1:], shape[1:]))
+            valid = tuple(slice(0, r.stop - r.start) for r in region)
+            with _decoded(source, compressor) as stream:
+                for i0 in range(0, last, block):
+                    n = min(block, last - i0)
+                    _read_exactly(stream, memoryview(scratch[:n].reshape(-1).view(np.uint8)), path)
+                    for r in range(n):
+                        for j in targets.get(i0 + r, ()):
+                            out[(j,) + region] = scratch[(r,) + valid]
+        return out
+
+    def read(self, path: str, layers: Iterable[int] | None = None, dtype=None) -> np.ndarray:
+        """The leaf at `path` as numpy; with `layers`, only those indices of axis 0, in that order."""
+        store = self._open(path)
+        if layers is not None:
+            layers = [int(i) for i in layers]
+            n = store.shape[0] if store.ndim else 0
+            bad = [i for i in layers if not 0 <= i < n]
+            if bad:
+                raise ValueError(f"layers: {bad} out of range for {path!r} with axis 0 of size {n}")
+        out = None
+        leaf_bytes = int(np.prod(store.shape)) * np.dtype(store.dtype.numpy_dtype).itemsize
+        if store.ndim and leaf_bytes >= self.stream_min_bytes and (layers is None or layers):
+            rows = list(range(store.shape[0])) if layers is None else layers
+            out = self._read_streaming(path, store, rows)
+        if out is None:
+            out = np.asarray((store if layers is None else store[layers]).read().result())
+        want = self.shapes[path].dtype if dtype is None else np.dtype(dtype)
+        return out if out.dtype == want else out.astype(want)
+
+
+class _KvValueFile(io.RawIOBase):
+    """A read-only file over one kvstore value, fetched in byte ranges (never whole)."""
+
+    def __init__(self, kv, key: str):
+        self._kv, self._key, self._pos = kv, key, 0
+        self.size = self._value_size()
+
+    def _has_byte(self, offset: int) -> bool:
+        try:
+            r = self._kv.read(self._key, byte_range=slice(offset, offset + 1)).result()
+        except ValueError:  # OUT_OF_RANGE past the end of the value
+            return False
+        return r.state == "value" and len(r.value) == 1
+
+    def _value_size(self) -> int:
+        # kvstores expose no size without reading the value: search for the last valid offset.
+        if not self._has_byte(0):
+            return 0
+        lo, hi = 0, 1
+        while self._has_byte(hi):
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self._has_byte(mid) else (lo, mid)
+        return lo + 1
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = min(len(buf), self.size - self._pos)
+        if n <= 0:
+            return 0
+        data = self._kv.read(self._key, byte_range=slice(self._pos, self._pos + n)).result().value
+        buf[:n] = data
+        self._pos += n
+        return n
+
+
+@contextlib.contextmanager
+def _decoded(source: _KvValueFile, compressor: str | None):
+    """A readable stream of a chunk's decoded bytes."""
+    if compressor is None:
+        yield source
+        return
+    import zstandard  # only needed for compressed chunks
+
+    with zstandard.ZstdDecompressor().stream_reader(source, read_size=8 << 20) as stream:
+        yield stream
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
+    """np.empty on a 64-byte boundary, so jax.device_put to CPU can use the buffer without a copy."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _read_exactly(stream, view: memoryview, path: str) -> None:
+    got = 0
+    while got < len(view):
+        n = stream.readinto(view[got:])
+        if not n:
+            raise ValueError(f"{path}: stored chunk ended early (truncated or corrupt checkpoint)")
+        got += n
+
+
+# ----------------------------------------------------------------------------- provenance
+
+def checkpoint_digest(params_dir: str | os.PathLike, progress: Callable[[int], Any] | None = None) -> str:
+    """sha256 over every file of a checkpoint directory: relative path, size, bytes, in sorted order.
+
+    `progress(nbytes)` is called as bytes are hashed (e.g. tqdm.update).
+    """
+    root = resolve_params_dir(params_dir)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = f.relative_to(root).as_posix()
+        h.update(f"{rel}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+    return h.hexdigest()
+
+
+def directory_size(params_dir: str | os.PathLike) -> int:
+    root = resolve_params_dir(params_dir)
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())

@@ -1,0 +1,149 @@
+"""The policy directory: the one format every command reads and the trainer / make_student write.
+
+    DIR/params/              openpi's params layout (orbax item {"params": pure dict}; openpi_params.py)
+    DIR/model_config.json    ModelConfig.to_dict(): every size and what the tree cannot tell (horizon,
+                             prompt length, cameras). Ours; openpi's checkpoints have none.
+    DIR/layer_map.json       students only: teacher/student depth, teacher layer indices, strategy, teacher
+    DIR/assets/norm_stats.json             ours, or openpi's assets/<asset_id>/norm_stats.json
+
+`read(path)` accepts DIR or DIR/params, for ours and openpi's alike. Where there is no
+model_config.json the sizes come from the params' shapes, π0 vs π0.5 from the heads present, and
+the horizon / prompt length from the caller (openpi's defaults otherwise).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import shutil
+from typing import Any
+
+import jax
+
+from shallow_pi_jax.checkpoint import openpi_params
+from shallow_pi_jax.models.config import (
+    ModelConfig,
+    default_max_token_len,
+    is_pi05_tree,
+)
+from shallow_pi_jax.models.params import param_shapes
+from shallow_pi_jax.models.pi0 import Pi0
+
+PARAMS = "params"
+MODEL_CONFIG = "model_config.json"
+LAYER_MAP = "layer_map.json"
+ASSETS = "assets"
+NORM_STATS = "norm_stats.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyDir:
+    root: pathlib.Path
+    params_dir: pathlib.Path
+    config: ModelConfig | None  # from model_config.json; None for openpi's checkpoints
+    layer_map: dict | None
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """{'/'-joined path: shape} of the stored params, from metadata only."""
+        flat = openpi_params.flatten_params(openpi_params.params_shapes(self.params_dir))
+        return {k: tuple(v.shape) for k, v in flat.items()}
+
+    def model_config(self, *, action_horizon: int | None = None, max_token_len: int | None = None,
+                     default_horizon: int | None = None) -> ModelConfig:
+        """The model this directory holds: its record, or sizes inferred from the params' shapes.
+
+        `action_horizon` / `max_token_len` fill what an openpi checkpoint's tree cannot tell; against
+        a recorded config they must agree (a trained model cannot change them)."""
+        if self.config is not None:
+            for name, value in (("action_horizon", action_horizon), ("max_token_len", max_token_len)):
+                if value is not None and value != getattr(self.config, name):
+                    raise ValueError(f"{name}: {self.root / MODEL_CONFIG} says {getattr(self.config, name)}, "
+                                     f"got {value}; a trained model cannot change it")
+            return self.config
+        shapes = self.shapes()
+        pi05 = is_pi05_tree(shapes)
+        horizon = action_horizon or default_horizon
+        if horizon is None:
+            raise ValueError(f"action_horizon: {self.root} has no {MODEL_CONFIG} and the params do not determine "
+                             "the horizon; pass it (e.g. --action-horizon 10)")
+        return ModelConfig.from_param_shapes(shapes, action_horizon=horizon,
+                                             max_token_len=max_token_len or default_max_token_len(pi05))
+
+    def norm_stats(self, asset_id: str | None = None) -> pathlib.Path | None:
+        """assets/norm_stats.json (ours) or assets/<asset_id>/norm_stats.json (openpi); None if absent."""
+        assets = self.root / ASSETS
+        if (assets / NORM_STATS).is_file():
+            return assets / NORM_STATS
+        if asset_id and (assets / asset_id / NORM_STATS).is_file():
+            return assets / asset_id / NORM_STATS
+        found = sorted(assets.rglob(NORM_STATS)) if assets.is_dir() else []
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise ValueError(f"{assets}: several {NORM_STATS} ({[str(f.relative_to(assets)) for f in found]}); "
+                             "choose one with --norm-stats")
+        return None
+
+
+def read(path) -> PolicyDir:
+    """DIR or DIR/params of a policy directory (ours or openpi's); reads metadata only."""
+    params_dir = openpi_params.resolve_params_dir(path)
+    root = params_dir.parent if params_dir.name == PARAMS else params_dir
+    cfg_file, lm_file = root / MODEL_CONFIG, root / LAYER_MAP
+    config = ModelConfig.from_dict(_read_json(cfg_file)) if cfg_file.is_file() else None
+    layer_map = _read_json(lm_file) if lm_file.is_file() else None
+    return PolicyDir(root, params_dir, config, layer_map)
+
+
+def _read_json(path: pathlib.Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def write(out_dir, params, model_config: ModelConfig, *, layer_map: dict | None = None,
+          norm_stats: str | pathlib.Path | None = None) -> pathlib.Path:
+    """Write params (openpi layout), model_config.json, layer_map.json and assets/norm_stats.json.
+
+    Multi-host: every process takes part in the params save; process 0 writes the small files."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    openpi_params.save_params(jax.device_get(params), out_dir / PARAMS, overwrite=True)
+    if jax.process_index() != 0:
+        return out_dir
+    (out_dir / MODEL_CONFIG).write_text(json.dumps(model_config.to_dict(), indent=1) + "\n")
+    if layer_map is not None:
+        (out_dir / LAYER_MAP).write_text(json.dumps(layer_map, indent=1) + "\n")
+    if norm_stats:
+        src = pathlib.Path(norm_stats)
+        src = src / NORM_STATS if src.is_dir() else src
+        (out_dir / ASSETS).mkdir(exist_ok=True)
+        shutil.copy(src, out_dir / ASSETS / NORM_STATS)
+    return out_dir
+
+
+def move(src, dst) -> pathlib.Path:
+    """Move a complete policy directory's files into `dst`; params/ last, so its presence means complete."""
+    src, dst = pathlib.Path(src), pathlib.Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in (ASSETS, MODEL_CONFIG, LAYER_MAP, PARAMS):
+        if (src / name).exists():
+            (src / name).rename(dst / name)
+    return dst
+
+
+def load_model(params_dir, *, config: ModelConfig | None = None, dtype=None, sharding=None, **overrides):
+    """Restore an openpi params directory and the Pi0 that runs it.
+
+    `config` (e.g. from an experiment file) wins; otherwise sizes are inferred from the tree.
+    Raises one ValueError listing missing / unexpected / mis-shaped leaves when the checkpoint is
+    of another architecture than the config.
+    """
+    stored = openpi_params.flatten_params(openpi_params.params_shapes(params_dir))
+    if config is None:
+        config = ModelConfig.from_param_shapes({k: v.shape for k, v in stored.items()}, **overrides)
+    expected = param_shapes(config)
+    openpi_params.validate_params(openpi_params.unflatten_params(stored), expected)
+    params = openpi_params.restore_params(params_dir, dtype=dtype, sharding=sharding)
+    return Pi0(config), params

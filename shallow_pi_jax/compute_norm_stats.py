@@ -1,0 +1,117 @@
+"""Compute openpi-format norm_stats.json (mean, std, q01, q99 of state and action chunks).
+
+From an experiment config (uses its config.data: datasets, horizon, delta mask; writes to each
+dataset's `norm_stats` path, or to data.norm_stats_path for all datasets together):
+
+    python tools/compute_norm_stats.py --config my_experiment.py   # an experiment file with real data paths
+
+Or explicitly:
+
+    python tools/compute_norm_stats.py --data-dir /data/rlds --dataset libero_10_no_noops \\
+        --mapping libero --horizon 50 --out assets/libero/norm_stats.json
+
+`--mapping` is libero, droid, droid_velocity or a JSON file with a generic mapping
+({"cameras": {...}, "state": [...], "actions": [...], "prompt": [...]}). Statistics are numpy's
+over all frames (state) and all rows of every action chunk (actions), as openpi computes them.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import logging
+import pathlib
+
+from shallow_pi_jax.data import compute_stats  # noqa: E402
+from shallow_pi_jax.data import norm_stats as _ns  # noqa: E402
+from shallow_pi_jax.data.config import DataConfig, DatasetSpec  # noqa: E402
+
+
+def bool_mask(text: str) -> tuple[bool, ...]:
+    """openpi's make_bool_mask notation: "6,-1" → six True then one False."""
+    out = []
+    for part in text.split(","):
+        n = int(part)
+        out.extend([n > 0] * abs(n))
+    return tuple(out)
+
+
+def load_config(spec: str):
+    """`path.py[:arg]` → get_config(arg), big_vision style; returns its .data (or itself)."""
+    path, _, arg = spec.partition(":")
+    if not pathlib.Path(path).exists():
+        raise ValueError(f"--config: file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location("_experiment_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"--config: {path} has no get_config(arg) function")
+    config = module.get_config(arg) if arg else module.get_config()
+    return config.data if "data" in config else config
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="experiment config file[:arg] whose .data describes the datasets")
+    p.add_argument("--data-dir", help="tfds data_dir holding the RLDS dataset")
+    p.add_argument("--dataset", help="tfds dataset name (optionally name:version)")
+    p.add_argument("--mapping", default="libero", help="libero | droid | droid_velocity | mapping.json")
+    p.add_argument("--split", default="train", help="tfds split (default: train)")
+    p.add_argument("--out", help="output norm_stats.json (or folder); required without --config")
+    p.add_argument("--horizon", type=int, default=50, help="action chunk length (default 50, openpi's pi0)")
+    p.add_argument("--action-dim", type=int, default=32, help="largest allowed state/action dim (default 32)")
+    p.add_argument("--delta-action-mask", type=bool_mask, default=None,
+                   help="delta actions, openpi make_bool_mask notation, e.g. 6,-1 (default: none)")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (default: all)")
+    p.add_argument("--skip-bad-episodes", action="store_true",
+                   help="skip (and count) empty or NaN episodes instead of failing")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = p.parse_args(argv)
+    if args.config is None and (args.data_dir is None or args.dataset is None or args.out is None):
+        p.error("give either --config or all of --data-dir, --dataset and --out")
+    if args.max_frames is not None and args.max_frames <= 0:
+        p.error(f"--max-frames: expected a positive int, got {args.max_frames}")
+    return args
+
+
+def jobs(args) -> list[tuple[DataConfig, tuple[DatasetSpec, ...], str]]:
+    """(config, datasets, output path) for each file to write."""
+    if args.config is None:
+        mapping = args.mapping
+        if mapping.endswith(".json"):
+            mapping = json.loads(pathlib.Path(mapping).read_text())
+        spec = DatasetSpec(name=args.dataset, data_dir=args.data_dir, mapping=mapping, split=args.split)
+        cfg = DataConfig(datasets=(spec,), horizon=args.horizon, action_dim=args.action_dim,
+                         delta_action_mask=args.delta_action_mask, skip_bad_episodes=args.skip_bad_episodes,
+                         process_index=0, process_count=1)
+        return [(cfg, (spec,), args.out)]
+    cfg = DataConfig.from_any(load_config(args.config))
+    cfg = dataclasses.replace(cfg, process_index=0, process_count=1,
+                              skip_bad_episodes=cfg.skip_bad_episodes or args.skip_bad_episodes)
+    own = [s for s in cfg.datasets if s.norm_stats]
+    shared = tuple(s for s in cfg.datasets if not s.norm_stats)
+    out = [(cfg, (s,), s.norm_stats) for s in own]
+    if shared:
+        path = args.out or cfg.norm_stats_path
+        if not path:
+            raise ValueError("--out: the config sets neither data.norm_stats_path nor datasets[].norm_stats")
+        out.append((cfg, shared, path))
+    return out
+
+
+def main(argv=None) -> list[pathlib.Path]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    written = []
+    for cfg, specs, path in jobs(args):
+        state, actions, elog = compute_stats.collect(cfg, specs, args.max_frames, progress=not args.no_progress)
+        stats = {"state": _ns.compute(state), "actions": _ns.compute(actions)}
+        written.append(_ns.save(stats, path))
+        print(f"wrote {written[-1]}: {len(state)} frames, {len(actions)} action rows, state dim "
+              f"{state.shape[-1]}, action dim {actions.shape[-1]}, {elog.num_skipped} bad episodes skipped")
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Export the student of a training run, at any saved step, as an openpi checkpoint directory.
+
+    python tools/export_checkpoint.py --workdir runs/l6 [--step 20000] [--ema] --out exports/l6_20k
+
+Writes OUT/params (openpi layout), OUT/model_config.json, OUT/layer_map.json (when distilled) and
+OUT/assets/norm_stats.json, taken from the run's config.json — the same layout the trainer writes
+to WORKDIR/student at the end of a run. Nothing is written if the step or the run is not found.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import ml_collections
+import orbax.checkpoint as ocp
+
+from shallow_pi_jax.training import build
+from shallow_pi_jax.training.checkpoints import export_student
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=pathlib.Path, required=True, help="the run's --workdir")
+    ap.add_argument("--step", type=int, default=None, help="saved step to export (default: the latest)")
+    ap.add_argument("--ema", action="store_true", help="export the EMA params instead of the raw ones")
+    ap.add_argument("--out", type=pathlib.Path, required=True, help="output directory (must not exist)")
+    args = ap.parse_args(argv)
+
+    cfg_path = args.workdir / "config.json"
+    if not cfg_path.exists():
+        ap.error(f"{cfg_path} not found: is --workdir a training run?")
+    if args.out.exists():
+        ap.error(f"--out {args.out} already exists")
+    config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
+    with ocp.CheckpointManager((args.workdir / "checkpoints").absolute()) as mngr:
+        steps = mngr.all_steps()
+        step = args.step if args.step is not None else mngr.latest_step()
+        if step is None or step not in steps:
+            ap.error(f"step {args.step} not saved in {args.workdir / 'checkpoints'} (saved: {sorted(steps)})")
+        state = mngr.restore(step, args=ocp.args.StandardRestore())
+    params = state["ema_params"] if args.ema else state["params"]
+    if params is None:
+        ap.error("--ema: this run kept no EMA params (optim.ema_decay was None)")
+    spec = build.run_spec(config)
+    lmap = spec.layer_map.to_dict() if spec.layer_map else None
+    export_student(params, args.out, spec.student_cfg.to_dict(), lmap, config.data.norm_stats_path,
+                   config.teacher.params or None)
+    print(f"exported step {step} of {args.workdir} to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

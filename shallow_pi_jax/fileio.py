@@ -1,0 +1,64 @@
+"""Atomic writes: a reader sees the old file (or directory) or the complete new one, never a part.
+
+Everything is written to a hidden temporary sibling first and renamed into place, which is atomic
+on one filesystem; on any error the temporary is removed and the destination is untouched.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+
+def write_bytes(path, data: bytes) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path, text: str) -> pathlib.Path:
+    return write_bytes(path, text.encode())
+
+
+def write_json(path, obj: Any, **kwargs) -> pathlib.Path:
+    return write_text(path, json.dumps(obj, indent=1, **kwargs) + "\n")
+
+
+def replace_dir(tmp: pathlib.Path, dst: pathlib.Path) -> None:
+    """Move a fully written `tmp` directory to `dst`, replacing any old `dst` only at the very end."""
+    if dst.exists():
+        trash = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        dst.rename(trash)
+        tmp.rename(dst)
+        shutil.rmtree(trash)
+    else:
+        tmp.rename(dst)
+
+
+@contextlib.contextmanager
+def atomic_dir(dst, *, overwrite: bool = False) -> Iterator[pathlib.Path]:
+    """Yield a temporary directory to fill; on success it becomes `dst` (replacing it if `overwrite`)."""
+    dst = pathlib.Path(dst).expanduser().absolute()
+    if dst.exists() and not overwrite:
+        raise ValueError(f"{dst} exists (pass --overwrite to replace it)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        replace_dir(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

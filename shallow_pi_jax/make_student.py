@@ -1,0 +1,147 @@
+"""Make a shallow student checkpoint from an openpi teacher checkpoint.
+
+    python -m shallow_pi_jax.make_student --teacher ~/.cache/openpi/openpi-assets/checkpoints/pi05_base/params \\
+        --depth 6 --out students/pi05_l6
+    python -m shallow_pi_jax.make_student --teacher CKPT/params --layers 0,3,7,10,14,17 --out DIR
+    python -m shallow_pi_jax.make_student --teacher CKPT/params --depth 4 --strategy last --out DIR
+
+Writes, all or nothing (built in a hidden sibling directory and renamed at the end):
+  DIR/params/          the student in openpi's layout (orbax item {"params": pure dict})
+  DIR/layer_map.json   teacher/student depth, teacher layer indices, strategy, teacher path and sha256
+  DIR/model_config.json  the teacher's model_config.json at the student's depth, when the teacher has one
+  DIR/assets/          a copy of the teacher's assets/ (norm stats), when the teacher has one
+
+The same teacher layers initialise the Gemma backbone and the action expert; everything outside
+the layer stacks is copied. The teacher is read leaf by leaf, so peak memory stays near the size
+of the student (see docs/students.md).
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import shutil
+import sys
+import time
+import uuid
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from shallow_pi_jax import fileio
+from shallow_pi_jax.checkpoint import openpi_params, policy_dir
+from shallow_pi_jax.training import layer_map as layer_maps
+from shallow_pi_jax.training import student_init
+
+DTYPES = {"keep": None, "float32": np.float32, "bfloat16": jax.numpy.bfloat16}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description="Initialise a shallow pi0 / pi0.5 student from an openpi teacher checkpoint by "
+                    "keeping a subset of its transformer layers (backbone and action expert alike).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--teacher", required=True,
+                    help="teacher params directory (openpi's CKPT/params; CKPT itself is accepted)")
+    ap.add_argument("--out", required=True, help="output directory; must not exist unless --overwrite")
+    ap.add_argument("--depth", type=int, default=None,
+                    help="student depth (number of layers); optional with --layers")
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--strategy", choices=("uniform", "first", "last"), default="uniform",
+                       help="uniform: round(linspace(0, L-1, depth)), round half to even (18->6: 0,3,7,10,14,17)")
+    group.add_argument("--layers", default=None, help="explicit teacher layers, e.g. 0,3,7,10,14,17")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="keep",
+                    help="dtype of the student's params (keep = the teacher's stored dtype)")
+    ap.add_argument("--compress", action="store_true",
+                    help="zstd-compress the student's chunks like openpi's own saves (smaller files, "
+                         "but the save then holds about one extra copy of the student in memory)")
+    ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap.parse_args(argv)
+
+
+def build_layer_map(args, depth: int) -> layer_maps.LayerMap:
+    layers = layer_maps.parse_layers(args.layers) if args.layers is not None else None
+    if layers is None and args.depth is None:
+        raise ValueError("--depth: required unless --layers is given")
+    return layer_maps.make_layer_map(depth, args.depth, args.strategy, layers)
+
+
+def make_student(args) -> pathlib.Path:
+    teacher_dir = openpi_params.resolve_params_dir(args.teacher)
+    reader = openpi_params.ParamsReader(teacher_dir)
+    depth = student_init.stack_depth({p: tuple(s.shape) for p, s in reader.shapes.items()})
+    lmap = build_layer_map(args, depth)
+    dtype = DTYPES[args.dtype]
+
+    out = pathlib.Path(args.out).expanduser().resolve()
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"--out: {out} already exists (pass --overwrite to replace it)")
+    if out == teacher_dir or out in teacher_dir.parents:
+        raise ValueError(f"--out: {out} would replace the teacher checkpoint {teacher_dir}")
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    say(f"teacher {teacher_dir}: {depth} layers -> student {lmap.student_depth} layers "
+        f"{list(lmap.indices)} ({lmap.strategy})")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        with tqdm(total=openpi_params.directory_size(teacher_dir), unit="B", unit_scale=True,
+                  desc="checksum teacher", disable=args.quiet) as bar:
+            digest = openpi_params.checkpoint_digest(teacher_dir, progress=bar.update)
+
+        cpu = jax.devices("cpu")[0]
+        flat, n_teacher, n_student = {}, 0, 0
+        leaves = student_init.iter_student_leaves(reader, lmap, dtype=dtype)
+        for path, leaf in tqdm(leaves, total=len(reader.paths), desc="student leaves", unit="leaf",
+                               disable=args.quiet):
+            # Hand each leaf to jax as it is read so only the student is held, once.
+            flat[path] = jax.device_put(leaf, cpu)
+            del leaf
+            n_teacher += int(np.prod(reader.shapes[path].shape))
+            n_student += int(np.prod(flat[path].shape))
+        say("writing student params ...")
+        openpi_params.save_params(openpi_params.unflatten_params(flat), tmp / "params", compress=args.compress)
+        del flat
+
+        assets = teacher_dir.parent / policy_dir.ASSETS
+        if teacher_dir.name == policy_dir.PARAMS and assets.is_dir():
+            shutil.copytree(assets, tmp / policy_dir.ASSETS)
+            say(f"copied {assets}")
+        teacher_config = policy_dir.read(teacher_dir).config
+        if teacher_config is not None:
+            fileio.write_json(tmp / policy_dir.MODEL_CONFIG, teacher_config.with_depth(lmap.student_depth).to_dict())
+        record = {
+            **lmap.to_dict(),
+            "teacher": str(teacher_dir),
+            "teacher_sha256": digest,
+            "checksum": "sha256 over every file of the teacher params/ directory in sorted relative-path "
+                        "order, hashing 'path\\0size\\0' then the bytes (openpi_params.checkpoint_digest)",
+            "dtype": args.dtype,
+            "teacher_params": n_teacher,
+            "student_params": n_student,
+            "applies_to": ["PaliGemma/llm/layers/* (Gemma backbone and action expert, LoRA included)"],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        fileio.write_json(tmp / policy_dir.LAYER_MAP, record)
+        fileio.replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    say(f"student written to {out}: {n_student / 1e6:.1f}M params (teacher {n_teacher / 1e6:.1f}M)")
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        make_student(args)
+    except ValueError as e:
+        print(f"make_student: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Check our Flax π0 / π0.5 against openpi's own outputs.
+
+    python tools/openpi_parity.py tests/fixtures/openpi_tiny/pi05 [--save-outputs OUT.npz]
+
+FIXTURE_DIR holds `config.json` (sizes), `params/` (an openpi orbax checkpoint) and `io.npz`
+(inputs, the noise and time openpi drew, and openpi's outputs). Prints max-abs errors and exits 1
+when any is above tolerance (1e-5 for prefix tokens, v_t and loss; 1e-4 for sample_actions). Also
+the way to check a converted or re-saved checkpoint: point FIXTURE_DIR's params/ at it.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import numpy as np
+
+from shallow_pi_jax.eval import parity
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("fixture_dir", type=pathlib.Path, help="folder with config.json, params/ and io.npz")
+    ap.add_argument("--save-outputs", type=pathlib.Path, metavar="OUT.npz",
+                    help="write the v_t, loss and sample_actions we computed")
+    args = ap.parse_args(argv)
+    for name in ("config.json", "io.npz", "params"):
+        if not (args.fixture_dir / name).exists():
+            ap.error(f"{args.fixture_dir / name} does not exist")
+
+    errs, ours = parity.run_fixture(args.fixture_dir)
+    print(f"{'output':<16}{'max abs err':>14}{'tolerance':>12}  ok")
+    failed = False
+    for name, err in errs.items():
+        tol = parity.TOLERANCES[name]
+        ok = err <= tol
+        failed |= not ok
+        print(f"{name:<16}{err:>14.3e}{tol:>12.0e}  {'yes' if ok else 'NO'}")
+    if args.save_outputs:
+        np.savez(args.save_outputs, **{k: ours[k] for k in ("v_t", "loss", "sample_actions")})
+        print(f"wrote {args.save_outputs}")
+    print("PARITY FAILED" if failed else "parity ok")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
