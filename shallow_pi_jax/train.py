@@ -20,12 +20,14 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from shallow_pi_jax import demo
+from shallow_pi_jax import demo, verbosity
 from shallow_pi_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/l6.py:demo.",
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard logs, exported student.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the libraries' INFO logs (absl, orbax, JAX, TensorFlow); "
+                             "also SHALLOW_PI_VERBOSE=1.")
 
 
 def run(config, workdir, *, max_steps: int | None = None, progress: bool = True):
@@ -37,6 +39,7 @@ def main(argv):
     del argv
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required")
+    verbosity.configure(_VERBOSE.value)
     run(_CONFIG.value, _WORKDIR.value)
 
 

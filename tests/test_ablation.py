@@ -92,7 +92,7 @@ def test_quick_ablation_runs_end_to_end_and_resumes(tmp_path):
     # The demo dataset cache is validated and built atomically, so tests may share one across runs.
     cache = os.environ.get("SHALLOW_PI_TEST_CACHE", os.path.join(tempfile.gettempdir(), "shallow_pi_jax_test_cache"))
     env = dict(os.environ, SHALLOW_PI_CACHE=cache)
-    cmd = [sys.executable, str(REPO / "tools" / "run_ablation.py"), "--quick", "--out", str(out), "--no-progress"]
+    cmd = [sys.executable, "-m", "shallow_pi_jax.ablation", "--quick", "--out", str(out), "--no-progress"]
     t0 = time.time()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

@@ -83,7 +83,7 @@ def test_student_costs_less_where_layers_are_removed(tiny_flops):
 
 def test_bench_cli_tiny(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(ROOT / "tools" / "bench_inference.py"), "--flops-size", "tiny", "--latency-size",
+    cmd = [sys.executable, "-m", "shallow_pi_jax.bench_inference", "--flops-size", "tiny", "--latency-size",
            "tiny", "--teacher-depth", "2", "--student-depth", "1", "--num-steps", "2", "--repeats", "2",
            "--warmup", "0", "--fast-flops", "--out", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
@@ -95,6 +95,6 @@ def test_bench_cli_tiny(tmp_path):
     t2 = r["flops"]["teacher"]["2 cameras (masked 3rd skipped)"]
     assert t2["total"] < t3["total"] and t2["prefix"] == t3["prefix"]
     assert r["latency"]["student"]["3 cameras"]["median_ms"] > 0
-    bad = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_inference.py"), "--student-depth", "0"],
+    bad = subprocess.run([sys.executable, "-m", "shallow_pi_jax.bench_inference", "--student-depth", "0"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert bad.returncode == 2 and "--student-depth" in bad.stderr

@@ -2,20 +2,19 @@
 import json
 import pathlib
 import subprocess
-import sys
 
 import numpy as np
 
 from shallow_pi_jax.serve.testing import tiny_config, write_tiny_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
 
-import evaluate  # noqa: E402
+from shallow_pi_jax import evaluate
+from shallow_pi_jax.eval import open_loop
 
 
 def test_error_accumulator_per_step():
-    acc = evaluate.ErrorAccumulator()
+    acc = open_loop.ErrorAccumulator()
     truth = np.zeros((2, 3, 2))
     pred = np.zeros((2, 3, 2))
     pred[:, 1, 0] = 2.0   # step 2, dim 0 is off by 2 in both frames

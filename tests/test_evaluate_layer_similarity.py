@@ -1,19 +1,14 @@
 """tools/layer_similarity.py: the layer-by-layer pass is the model's, and an identity layer scores 1."""
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from shallow_pi_jax.eval import layer_similarity
 from shallow_pi_jax.models.observation import dummy_observation
 from shallow_pi_jax.models.pi0 import Pi0
 from shallow_pi_jax.serve.testing import random_params, tiny_config
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
-
-import layer_similarity  # noqa: E402
 
 
 def _batch(cfg, b=2, seed=0):

@@ -1,12 +1,12 @@
 """ONNX export: onnxruntime against PyTorch (and the JAX fixtures), both graph layouts, dynamic batch."""
 import functools
 import pathlib
-import sys
 
 import numpy as np
 import onnx
 import pytest
 
+from shallow_pi_jax import export_onnx, export_torch
 from shallow_pi_jax.checkpoint import openpi_params
 from shallow_pi_jax.export import convert, onnx_export
 from shallow_pi_jax.export import torch_model as tm
@@ -87,9 +87,6 @@ def test_student_single_graph_with_external_data(tmp_path):
 
 
 def test_export_onnx_cli(tmp_path):
-    sys.path.insert(0, str(ROOT / "tools"))
-    import export_onnx
-    import export_torch
 
     out = tmp_path / "torch"
     export_torch.main(["--params", str(FIX / "pi0/params"), "--out", str(out), "--action-horizon", "10",

@@ -3,13 +3,13 @@ import dataclasses
 import functools
 import json
 import pathlib
-import sys
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from shallow_pi_jax import export_torch
 from shallow_pi_jax.checkpoint import openpi_params
 from shallow_pi_jax.export import convert
 from shallow_pi_jax.export import torch_model as tm
@@ -231,8 +231,6 @@ def test_student_export_matches_jax_student(fixture_dir):
 
 
 def test_export_torch_cli(tmp_path):
-    sys.path.insert(0, str(ROOT / "tools"))
-    import export_torch
 
     fx = ROOT / "tests/fixtures/openpi_tiny/pi05"
     cfg, flat, io, obs = load_fixture(fx)

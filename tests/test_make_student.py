@@ -18,8 +18,7 @@ from shallow_pi_jax.training import student_init as S
 from shallow_pi_jax.training.layer_map import LayerMap, make_layer_map
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-import make_student as tool  # noqa: E402
+from shallow_pi_jax import make_student as tool
 
 FIXTURES = REPO / "tests" / "fixtures" / "openpi_tiny"
 UNIFORM_6 = (0, 3, 7, 10, 14, 17)
@@ -199,7 +198,7 @@ def test_cli_mismatched_tree_and_existing_out(tmp_path, capsys):
 def test_cli_script_runs(tmp_path):
     """The file runs as a script (fresh interpreter) and prints its progress."""
     out = tmp_path / "l4"
-    r = subprocess.run([sys.executable, str(REPO / "tools" / "make_student.py"), "--teacher",
+    r = subprocess.run([sys.executable, "-m", "shallow_pi_jax.make_student", "--teacher",
                         str(FIXTURES / "pi0" / "params"), "--depth", "4", "--strategy", "last", "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

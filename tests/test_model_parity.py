@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES
 
+from shallow_pi_jax import openpi_parity
 from shallow_pi_jax.checkpoint.policy_dir import load_model
 from shallow_pi_jax.eval import parity
 from shallow_pi_jax.models.config import ModelConfig
@@ -52,9 +53,6 @@ def test_compute_loss_draws_openpi_noise_and_time(run):
 
 def test_parity_cli_saves_outputs_and_fails_on_wrong_params(tmp_path, monkeypatch):
     """The CLI exits 0 on the real fixture and 1 when the outputs are off."""
-    import sys
-    sys.path.insert(0, str(FIXTURES.parents[2] / "tools"))
-    import openpi_parity
 
     out = tmp_path / "out.npz"
     assert openpi_parity.main([str(FIXTURES / "pi0"), "--save-outputs", str(out)]) == 0

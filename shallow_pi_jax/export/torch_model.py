@@ -12,6 +12,23 @@ inputs, so `torch.onnx.export` traces a graph with a dynamic batch.
     from shallow_pi_jax.export.torch_model import Pi0Torch, load_pretrained
     model = load_pretrained("export_dir")              # config.json + model.safetensors
     actions = model.sample_actions(obs, noise=noise)   # obs: the project's batch dict of tensors
+
+Axis letters in shape comments (this file has no einsum strings; some letters carry two meanings,
+told apart by where they appear):
+    B        batch
+    T        query tokens; in `make_attn_mask` the whole sequence, so its [B, T, T] is [batch, query, key]
+    S        key/value tokens in attention (cached keys, then the new ones) and in the KV cache;
+             in `embed_suffix` the suffix tokens
+    S_cache  tokens held in a KV cache passed to `run_layers` (the prefix, P)
+    P        prefix tokens (image tokens of every camera, then prompt tokens)
+    L        layers (the stacked KV cache's leading axis)
+    N        query heads
+    K        key/value heads
+    G        query heads per key/value head, N // K; a literal 1 marks a broadcast axis
+    H        head dim in attention, RoPE and the KV cache; in the policy API's [B,H] / [B,H,D]
+             (`denoise_step`, `sample_actions`, `velocity`, `compute_loss`) the action horizon
+    D        action dim (only in [B,H,D])
+    W, h, w  in `SiglipEmbeddings.forward`: ViT width (channels), patch-grid rows, patch-grid columns
 """
 from __future__ import annotations
 

@@ -8,6 +8,18 @@ layer stack on axis 0 via `nn.scan`.
 An expert whose input is `None` is skipped for the whole call: the prefix-only pass of sampling runs
 just the backbone and returns its per-layer keys/values; denoising steps run just the expert
 against that cache.
+
+Axis letters in einsum strings and shape comments:
+    B  batch
+    T  query tokens (in `q_einsum`, one expert's tokens; in attention, all active experts' tokens)
+    S  key/value tokens (in `kv_einsum` / `qkv_einsum`, the new tokens of one expert; in attention,
+       any cached keys followed by the new ones, i.e. the mask is [B, T, S])
+    N  query heads
+    K  key/value heads (GQA); `qkv_einsum` is used only when K == N, so there it also indexes q's heads
+    G  query heads per key/value head, N // K
+    H  head dim
+    D  width of the expert whose weights are applied
+    C  stacked projections of one weight: 3 (q, k, v) in `qkv_einsum`, 2 (k, v) in `kv_einsum`
 """
 from __future__ import annotations
 
@@ -203,6 +215,7 @@ class GemmaMixture(nn.Module):
     def setup(self):
         width = self.configs[0].width
         self.embedder = Embedder(self.vocab_size, width, name="embedder")
+        # static_argnums count `self` as 0: 7=capture_layers, 8=n_capture_rows (of Block.__call__).
         block = nn.remat(Block, prevent_cse=False, static_argnums=(7, 8)) if self.remat else Block
         self.layers = nn.scan(
             block, variable_axes={"params": 0}, split_rngs={"params": True},

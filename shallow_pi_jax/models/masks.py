@@ -1,4 +1,11 @@
-"""Token bookkeeping shared by training and sampling: attention masks, positions, time embedding."""
+"""Token bookkeeping shared by training and sampling: attention masks, positions, time embedding.
+
+Axis letters in shape comments and the einsum string:
+    B  batch
+    T  tokens of the sequence being masked; a mask [B, T, T] is indexed [batch, query, key]
+    i  (einsum in `posemb_sincos`) the batch axis of the times t, i.e. B
+    j  (einsum in `posemb_sincos`) frequency index, dim // 2 of them
+"""
 from __future__ import annotations
 
 import jax

@@ -7,6 +7,16 @@
 
 Prefix = image tokens of every camera, then prompt tokens (bidirectional). Suffix = (π0: a state
 token +) the noisy action tokens. The action expert attends to the prefix through shared attention.
+
+Axis letters in shape comments (this file has no einsum strings; note that S and H do not mean what
+they mean in gemma.py):
+    B  batch
+    P  prefix tokens (all cameras' image tokens, then prompt tokens)
+    S  suffix tokens (π0: 1 state token + H action tokens; π0.5: H action tokens)
+    H  action horizon (action steps per chunk), not a head dim
+    D  backbone (PaliGemma LLM) width, the prefix tokens' width
+    E  action-expert width, the suffix tokens' width
+    Q  query rows whose attention is captured (see `Pi0.forward`)
 """
 from __future__ import annotations
 

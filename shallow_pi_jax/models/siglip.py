@@ -3,6 +3,14 @@ and a linear head that maps every patch token to the LLM width.
 
 Param names follow big_vision's ViT (`embedding`, `pos_embedding`, `Transformer/encoderblock/...`,
 `Transformer/encoder_norm`, `head`), with the blocks stacked on axis 0 by `nn.scan`.
+
+Axis letters in shape comments (this file has no einsum strings):
+    B  batch
+    H  image height in pixels (not a head dim, unlike gemma.py)
+    W  image width in pixels
+    3  RGB channels
+After the patch conv, the lowercase `h`, `w`, `d` in `Siglip.__call__` are the patch grid's rows,
+columns and the ViT width; `num_patches` = h * w.
 """
 from __future__ import annotations
 
