@@ -104,7 +104,8 @@ def run_demo(client, args) -> dict:
     env = ReachEnv(seed=args.seed)
 
     def policy(obs):
-        return np.asarray(client.infer({"observation/image": obs["image"], "observation/wrist_image": obs["wrist_image"],
+        return np.asarray(client.infer({"observation/image": obs["image"],
+                                        "observation/wrist_image": obs["wrist_image"],
                                         "observation/state": obs["state"], "prompt": obs["instruction"]})["actions"])
 
     wins = 0

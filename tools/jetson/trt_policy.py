@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
 import time
 
 import numpy as np
@@ -202,7 +201,7 @@ def main(argv=None):
         ms = sorted(pol.infer(obs, noise=noise)["policy_timing"]["infer_ms"] for _ in range(a.repeats))
         print(f"{a.engine}: batch {a.batch}, median {ms[len(ms) // 2]:.2f} ms, p90 {ms[int(len(ms) * 0.9)]:.2f} ms")
         if a.check:
-            sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+            # Optional on the robot: the check needs this package installed (pip install --no-deps -e .).
             from shallow_pi_jax.export.onnx_policy import OnnxPolicy
             ref = OnnxPolicy(a.check).infer(obs, noise=noise)["actions"]
             err = np.abs(out["actions"] - ref).max()
