@@ -48,7 +48,8 @@ def write_synthetic(root: str, episodes: int, steps: int, size: int) -> tuple[st
             step["observation"]["image"] = frames[t % 4]
             step["observation"]["wrist_image"] = frames[(t + 2) % 4]
         eps.append(ep)
-    synthetic.write_dataset("bench_libero", root, synthetic.libero_features(image_hw=(size, size), encoding="jpeg"), eps)
+    synthetic.write_dataset("bench_libero", root, synthetic.libero_features(image_hw=(size, size), encoding="jpeg"),
+                            eps)
     tok = synthetic.train_tokenizer(f"{root}/tok.model")
     ident = lambda n: _ns.NormStats(np.zeros(n), np.ones(n), -np.ones(n), np.ones(n))  # noqa: E731
     stats = _ns.save({"state": ident(8), "actions": ident(7)}, f"{root}/norm_stats.json")

@@ -91,11 +91,13 @@ def main(argv=None):
             k = f"{head}.layers.{lmap.indices[int(j)]}.{tail}"
         v.copy_(src[k])
     obs = onnx_export.example_observation(teacher, args.batch)
-    noise = np.random.default_rng(0).standard_normal((args.batch, cfg.action_horizon, cfg.action_dim)).astype(np.float32)
+    noise = np.random.default_rng(0).standard_normal(
+        (args.batch, cfg.action_horizon, cfg.action_dim)).astype(np.float32)
     n_params = lambda m: sum(p.numel() for n, p in m.named_parameters() if "lm_head" not in n)  # noqa: E731
     print(f"{'π0.5' if cfg.pi05 else 'π0'} llm {cfg.llm.width}x{cfg.llm.mlp_dim}, expert {cfg.expert.width}, "
           f"vit {cfg.siglip.width}x{cfg.siglip.depth}, prefix {cfg.prefix_len} tokens, batch {args.batch}, "
-          f"{args.num_steps} steps; params teacher {n_params(teacher) / 1e6:.1f}M student {n_params(student) / 1e6:.1f}M; "
+          f"{args.num_steps} steps; params teacher {n_params(teacher) / 1e6:.1f}M "
+          f"student {n_params(student) / 1e6:.1f}M; "
           f"torch threads {torch.get_num_threads()}")
 
     runners = {}
@@ -118,7 +120,8 @@ def main(argv=None):
     for _ in range(args.repeats):  # interleaved, so load changes hit teacher and student alike
         for k, fn in runners.items():
             times[k].append(_median_ms(fn, 1))
-    print(f"\n| runtime | teacher ({args.teacher_depth} layers) ms | student ({lmap.student_depth} layers) ms | speed-up |")
+    print(f"\n| runtime | teacher ({args.teacher_depth} layers) ms "
+          f"| student ({lmap.student_depth} layers) ms | speed-up |")
     print("|---|---|---|---|")
     for rt in dict.fromkeys(k[0] for k in runners):
         t, s = statistics.median(times[(rt, "teacher")]), statistics.median(times[(rt, "student")])

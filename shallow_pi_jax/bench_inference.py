@@ -31,12 +31,12 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from shallow_pi_jax.training.config import demo_model
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.observation import dummy_observation
 from shallow_pi_jax.perf import costs
 from shallow_pi_jax.serve.policy import Policy
 from shallow_pi_jax.serve.testing import random_params, tiny_config
+from shallow_pi_jax.training.config import demo_model
 
 PAPER = {"teacher_tflops": 3.39, "student_tflops": 1.30, "teacher_ms": 25.5, "student_ms": 11.3, "device": "H100"}
 
@@ -83,7 +83,8 @@ def run(args) -> dict:
     depths = {"teacher": teacher_depth, "student": args.student_depth}
     all_cams = tuple(teacher_cfg.image_keys)
     libero_cams = all_cams[:2]
-    result = {"flops_size": args.flops_size, "flops_stage": "lowered" if args.fast_flops else "compiled", "pi05": not args.pi0, "num_steps": args.num_steps,
+    result = {"flops_size": args.flops_size, "flops_stage": "lowered" if args.fast_flops else "compiled",
+              "pi05": not args.pi0, "num_steps": args.num_steps,
               "action_horizon": teacher_cfg.action_horizon, "max_token_len": teacher_cfg.max_token_len,
               "depths": depths, "flops": {}, "latency": {}, "device": str(jax.devices()[0].device_kind),
               "backend": jax.default_backend(), "paper": PAPER}
@@ -139,7 +140,8 @@ def format_table(r: dict) -> str:
                          f"{r['max_token_len']} prompt tokens, batch 1)\n\n" + head)
             t, s = r["flops"]["teacher"][setting], r["flops"]["student"][setting]
             for part in ("vision", "prefix", "denoise", "total"):
-                lines.append(f"| {part} | {fmt_flops(t[part])} | {fmt_flops(s[part])} | {_fmt_ratio(t[part], s[part])} |\n")
+                lines.append(f"| {part} | {fmt_flops(t[part])} | {fmt_flops(s[part])} "
+                             f"| {_fmt_ratio(t[part], s[part])} |\n")
         if r["latency"]:
             t, s = r["latency"]["teacher"][setting], r["latency"]["student"][setting]
             lines.append(f"| latency, median ({r['latency_size']} sizes, {r['latency_dtype']}, {r['backend']}: "

@@ -101,7 +101,8 @@ def main(argv=None) -> int:
     tmp = pathlib.Path(tempfile.mkdtemp(dir=args.out.parent, prefix=f".{args.out.name}."))
     try:
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        title = f"student L{s_cfg.depth}" + (f" vs teacher L{teacher.config.depth}" if teacher else "") + f" on {dataset}"
+        title = (f"student L{s_cfg.depth}" + (f" vs teacher L{teacher.config.depth}" if teacher else "")
+                 + f" on {dataset}")
         plot(summary, tmp / "action_error.png", title)
         if args.out.exists():
             shutil.rmtree(args.out)

@@ -71,7 +71,8 @@ def main(argv=None):
             for f in files:
                 f.unlink(missing_ok=True)
             raise
-        print(f"onnxruntime vs PyTorch sample_actions (batch {args.verify_batch}): max |diff| {err:.2e} <= {args.tol:g}")
+        print(f"onnxruntime vs PyTorch sample_actions (batch {args.verify_batch}): "
+              f"max |diff| {err:.2e} <= {args.tol:g}")
     return files
 
 

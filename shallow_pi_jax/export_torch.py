@@ -12,7 +12,8 @@ Writes, all or nothing (built in a hidden sibling directory, renamed at the end)
 
 Sizes are read from the parameter shapes. What shapes cannot tell comes from, in order: the flags,
 `--config` (a ModelConfig json, an openpi fixture config.json, or an earlier export's config.json),
-the policy directory's own `model_config.json` (what the trainer and make_student write), `CKPT/config.json`. The action horizon must be known from one of them. The conversion is strict:
+the policy directory's own `model_config.json` (what the trainer and make_student write), `CKPT/config.json`. \
+The action horizon must be known from one of them. The conversion is strict:
 a missing, extra or mis-shaped leaf is an error listing all of them.
 """
 from __future__ import annotations
@@ -58,7 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--config", help="json with the model config (ModelConfig.to_dict, fixture or export config.json)")
     p.add_argument("--action-horizon", type=int, help="actions per chunk (openpi: 50 for π0 base, 10 for LIBERO)")
     p.add_argument("--max-token-len", type=int, help="prompt tokens (openpi default: 48 for π0, 200 for π0.5)")
-    p.add_argument("--layer-map", help="teacher layers of a student, e.g. 0,3,7,10,14,17 (default: CKPT/layer_map.json)")
+    p.add_argument("--layer-map",
+                   help="teacher layers of a student, e.g. 0,3,7,10,14,17 (default: CKPT/layer_map.json)")
     p.add_argument("--teacher-depth", type=int, default=18, help="teacher depth for --layer-map (default 18)")
     p.add_argument("--assets", help="assets directory to copy (default: CKPT/assets when it exists)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -119,7 +121,8 @@ def resolve_layer_map(args, ckpt_root: pathlib.Path, depth: int):
     else:
         return None
     if len(lm["indices"]) != depth:
-        raise ValueError(f"layer map: {len(lm['indices'])} indices {lm['indices']} but the checkpoint has {depth} layers")
+        raise ValueError(f"layer map: {len(lm['indices'])} indices {lm['indices']} "
+                         f"but the checkpoint has {depth} layers")
     return lm
 
 

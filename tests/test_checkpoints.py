@@ -34,7 +34,8 @@ def _openpi_style_restore(params_dir, restore_type, sharding=None):
     with ocp.PyTreeCheckpointer() as ckptr:
         item = {"params": ckptr.metadata(params_dir).item_metadata["params"]}
         args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding, restore_type=restore_type), item)
-        return C.flatten_params(ckptr.restore(params_dir, ocp.args.PyTreeRestore(item=item, restore_args=args))["params"])
+        return C.flatten_params(
+            ckptr.restore(params_dir, ocp.args.PyTreeRestore(item=item, restore_args=args))["params"])
 
 
 def _assert_equal_flat(a, b):

@@ -34,7 +34,8 @@ def world(tmp_path_factory):
     stats = {"state": ns.compute(np.concatenate(list(raw_state.values()))),
              "actions": ns.compute(np.concatenate(list(raw_act.values())))}
     ns.save(stats, root / "libero_stats.json")
-    d_state = np.concatenate([np.stack([np.concatenate([s["observation"]["joint_position"], s["observation"]["gripper_position"]])
+    d_state = np.concatenate([np.stack([np.concatenate([s["observation"]["joint_position"],
+                                                        s["observation"]["gripper_position"]])
                                         for s in ep["steps"]]) for ep in droid_eps])
     ns.save({"state": ns.compute(d_state), "actions": ns.compute(d_state)}, root / "droid_stats.json")
     return dict(root=str(root), tok=tok, libero=libero_eps, droid=droid_eps, raw_state=raw_state, raw_act=raw_act,
@@ -189,10 +190,12 @@ def test_droid_state_and_actions_concatenate_joint_and_gripper(world):
     ep = world["droid"][0]["steps"]
     got = [b for b in make_dataset(cfg, train=False)]
     states = np.stack([b["state"][0, :8] for b in got])
-    raw = np.stack([np.concatenate([x["observation"]["joint_position"], x["observation"]["gripper_position"]]) for x in ep])
+    raw = np.stack([np.concatenate([x["observation"]["joint_position"], x["observation"]["gripper_position"]])
+                    for x in ep])
     np.testing.assert_allclose(states[: len(ep)], ((raw - s.mean) / (s.std + 1e-6)).astype(np.float32), atol=1e-5)
     act = got[0]["actions"][0, :, :8]
-    raw_a = np.stack([np.concatenate([x["action_dict"]["joint_position"], x["action_dict"]["gripper_position"]]) for x in ep[:3]])
+    raw_a = np.stack([np.concatenate([x["action_dict"]["joint_position"], x["action_dict"]["gripper_position"]])
+                      for x in ep[:3]])
     a = ns.load(world["root"] + "/droid_stats.json")["actions"]
     np.testing.assert_allclose(act, (raw_a - a.mean) / (a.std + 1e-6), atol=1e-5)
 
@@ -219,7 +222,8 @@ def test_input_transform_matches_training_pipeline(world):
     inp = make_input_transform(cfg)
     (e, t), ex = all_examples(make_dataset(cfg, train=False))[0]
     step = world["libero"][e]["steps"][t]
-    obs = {"observation/image": step["observation"]["image"], "observation/wrist_image": step["observation"]["wrist_image"],
+    obs = {"observation/image": step["observation"]["image"],
+           "observation/wrist_image": step["observation"]["wrist_image"],
            "observation/state": step["observation"]["state"], "prompt": step["language_instruction"]}
     got = inp(obs)
     for cam in CAMS:

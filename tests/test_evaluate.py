@@ -5,12 +5,11 @@ import subprocess
 
 import numpy as np
 
+from shallow_pi_jax import evaluate
+from shallow_pi_jax.eval import open_loop
 from shallow_pi_jax.serve.testing import tiny_config, write_tiny_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-from shallow_pi_jax import evaluate
-from shallow_pi_jax.eval import open_loop
 
 
 def test_error_accumulator_per_step():

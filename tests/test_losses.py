@@ -56,7 +56,8 @@ def test_query_mask_excludes_rows():
     t = jnp.array([[0.5, 0.5], [0.9, 0.1]]).reshape(1, 1, 1, 2, 2)
     s = jnp.array([[0.5, 0.5], [0.1, 0.9]]).reshape(1, 1, 1, 2, 2)
     keys = jnp.ones((1, 2), bool)
-    assert float(losses.attention_kd_loss(t, s, keys, query_mask=jnp.array([[True, False]]))) == pytest.approx(0.0, abs=1e-7)
+    assert float(losses.attention_kd_loss(t, s, keys, query_mask=jnp.array([[True, False]]))) == pytest.approx(
+        0.0, abs=1e-7)
     assert float(losses.attention_kd_loss(t, s, keys)) > 0.5
 
 

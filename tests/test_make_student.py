@@ -13,12 +13,12 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from shallow_pi_jax import make_student as tool
 from shallow_pi_jax.checkpoint import openpi_params as C
 from shallow_pi_jax.training import student_init as S
 from shallow_pi_jax.training.layer_map import LayerMap, make_layer_map
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-from shallow_pi_jax import make_student as tool
 
 FIXTURES = REPO / "tests" / "fixtures" / "openpi_tiny"
 UNIFORM_6 = (0, 3, 7, 10, 14, 17)

@@ -42,7 +42,8 @@ def test_mask_positions_and_time_embedding_match_openpi(variant):
     io = np.load(FIXTURES / variant / "io.npz")
     valid = np.concatenate([io["prefix_mask"], io["suffix_mask"]], axis=1)
     ar = np.concatenate([io["prefix_ar_mask"], io["suffix_ar_mask"]])
-    np.testing.assert_array_equal(np.asarray(masks.make_attn_mask(jnp.asarray(valid), jnp.asarray(ar))), io["attn_mask"])
+    np.testing.assert_array_equal(np.asarray(masks.make_attn_mask(jnp.asarray(valid), jnp.asarray(ar))),
+                                  io["attn_mask"])
     np.testing.assert_array_equal(np.asarray(masks.positions_from_mask(jnp.asarray(valid))), io["positions"])
     emb = masks.posemb_sincos(jnp.asarray(io["time"]), io["time_posemb"].shape[-1])
     np.testing.assert_allclose(np.asarray(emb), io["time_posemb"], atol=1e-6, rtol=0)

@@ -143,14 +143,15 @@ def test_checkpoint_of_another_architecture_is_rejected():
     assert "missing" in msg and "time_mlp_in/kernel" in msg
     assert "unexpected" in msg and "state_proj/kernel" in msg
     deeper = pi05_cfg.with_depth(9)
-    with pytest.raises(ValueError, match=r"PaliGemma/llm/layers/mlp/linear: expected shape \(9, 128, 64\), got \(18, 128, 64\)"):
+    with pytest.raises(ValueError,
+                       match=r"PaliGemma/llm/layers/mlp/linear: expected shape \(9, 128, 64\), got \(18, 128, 64\)"):
         load_model(FIXTURES / "pi05" / "params", config=deeper)
 
 
 def test_from_scratch_token_embedding_init_is_openpis():
     """openpi initialises the token table with std 0.01 (it is then scaled by sqrt(width))."""
-    from shallow_pi_jax.training.config import demo_model
     from shallow_pi_jax.models.params import init_params
+    from shallow_pi_jax.training.config import demo_model
 
     table = init_params(demo_model(depth=2), jax.random.PRNGKey(0))["PaliGemma"]["llm"]["embedder"]["input_embedding"]
     assert table.shape == (512, 64)

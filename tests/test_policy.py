@@ -138,7 +138,8 @@ def test_load_policy_applies_openpi_transforms(tmp_path):
     assert not inputs["image_masks"]["right_wrist_0_rgb"] and inputs["image_masks"]["base_0_rgb"]
     batched = jax.tree.map(lambda x: np.asarray(x)[None], inputs)
     model_actions = jax.jit(lambda p, o, n: Pi0(cfg).apply({"params": p}, None, o, num_steps=10, noise=n,
-                                                           method=Pi0.sample_actions))(pol.params, batched, pol.noise(1))[0]
+                                                           method=Pi0.sample_actions))(
+        pol.params, batched, pol.noise(1))[0]
     s = norm_stats.load(root / "assets" / "norm_stats.json")["actions"]
     want = (np.asarray(model_actions)[:, :7] + 1) / 2 * (s.q99 - s.q01 + 1e-6) + s.q01
     np.testing.assert_allclose(out["actions"], want, atol=1e-4, rtol=1e-5)

@@ -55,7 +55,8 @@ class NormStats:
         for key in ("mean", "std"):
             if key not in d:
                 raise ValueError(f"norm stats '{name}': missing '{key}' (got keys {sorted(d)})")
-        arr = {k: (None if d.get(k) is None else np.asarray(d[k], dtype=np.float64)) for k in ("mean", "std", "q01", "q99")}
+        arr = {k: (None if d.get(k) is None else np.asarray(d[k], dtype=np.float64))
+               for k in ("mean", "std", "q01", "q99")}
         for key, value in arr.items():
             if value is not None and value.shape != arr["mean"].shape:
                 raise ValueError(f"norm stats '{name}.{key}': expected shape {arr['mean'].shape}, got {value.shape}")

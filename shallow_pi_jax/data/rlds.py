@@ -162,7 +162,8 @@ def plan_fields(spec: DatasetSpec, builder, cfg: DataConfig) -> FieldPlan:
     for path in mapping.prompt:
         f = need(path, "prompt")
         if not (isinstance(f, tfds.features.Text) or tf.as_dtype(f.dtype) == tf.string):
-            raise ValueError(f"dataset {name!r}: field 'steps/{path}' (prompt): expected text, got dtype {_np_dtype(f)}")
+            raise ValueError(f"dataset {name!r}: field 'steps/{path}' (prompt): expected text, "
+                             f"got dtype {_np_dtype(f)}")
         specs[path] = tf.TensorSpec([], tf.string)
 
     plan = FieldPlan(

@@ -143,9 +143,11 @@ def _torch_items(cfg: ModelConfig):
         yield f"{_BLK}MlpBlock_0/{d}/kernel", per_layer(f"mlp.{tn}.weight", _linear, s.depth)
         yield f"{_BLK}MlpBlock_0/{d}/bias", per_layer(f"mlp.{tn}.bias", lambda x: x, s.depth)
     for j, tn in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-        yield f"{_ATT}{j}/kernel", per_layer(f"self_attn.{tn}.weight", lambda w: _linear(w.reshape(w.shape[0], -1)), s.depth)
+        yield f"{_ATT}{j}/kernel", per_layer(f"self_attn.{tn}.weight", lambda w: _linear(w.reshape(w.shape[0], -1)),
+                                             s.depth)
         yield f"{_ATT}{j}/bias", per_layer(f"self_attn.{tn}.bias", lambda b: b.reshape(-1), s.depth)
-    yield _ATT + "out/kernel", per_layer("self_attn.out_proj.weight", lambda w: _linear(w.reshape(-1, w.shape[-1])), s.depth)
+    yield _ATT + "out/kernel", per_layer("self_attn.out_proj.weight", lambda w: _linear(w.reshape(-1, w.shape[-1])),
+                                         s.depth)
     yield _ATT + "out/bias", per_layer("self_attn.out_proj.bias", lambda x: x, s.depth)
 
     yield "PaliGemma/llm/embedder/input_embedding", lambda w: {TIED_STORED_AS: w}
@@ -167,7 +169,8 @@ def _torch_items(cfg: ModelConfig):
             yield f"{a}kv_einsum{sfx}/w", lambda w, prefix=prefix: {
                 f"{prefix}layers.{i}.self_attn.{n}_proj.weight": heads_dh(w[i][j])
                 for i in range(L) for j, n in enumerate("kv")}
-        yield f"{a}attn_vec_einsum{sfx}/w", lay("self_attn.o_proj.weight", lambda w: _linear(w.reshape(-1, w.shape[-1])))
+        yield f"{a}attn_vec_einsum{sfx}/w", lay("self_attn.o_proj.weight",
+                                                lambda w: _linear(w.reshape(-1, w.shape[-1])))
         m = f"PaliGemma/llm/layers/mlp{sfx}/"
         yield m + "gating_einsum", lambda w, prefix=prefix: {
             **{f"{prefix}layers.{i}.mlp.gate_proj.weight": _linear(w[i][0]) for i in range(L)},
@@ -180,13 +183,16 @@ def _torch_items(cfg: ModelConfig):
             else:
                 yield f"PaliGemma/llm/layers/{jn}{sfx}/scale", lay(f"{tn}.weight", lambda x: x)
         if ada:
-            yield f"PaliGemma/llm/final_norm{sfx}/Dense_0/kernel", lambda w, prefix=prefix: {f"{prefix}norm.dense.weight": _linear(w)}
-            yield f"PaliGemma/llm/final_norm{sfx}/Dense_0/bias", lambda b, prefix=prefix: {f"{prefix}norm.dense.bias": b}
+            yield f"PaliGemma/llm/final_norm{sfx}/Dense_0/kernel", lambda w, prefix=prefix: {
+                f"{prefix}norm.dense.weight": _linear(w)}
+            yield f"PaliGemma/llm/final_norm{sfx}/Dense_0/bias", lambda b, prefix=prefix: {
+                f"{prefix}norm.dense.bias": b}
         else:
             yield f"PaliGemma/llm/final_norm{sfx}/scale", lambda x, prefix=prefix: {f"{prefix}norm.weight": x}
 
     heads = ["action_in_proj", "action_out_proj"]
-    heads += ["time_mlp_in", "time_mlp_out"] if cfg.pi05 else ["state_proj", "action_time_mlp_in", "action_time_mlp_out"]
+    heads += (["time_mlp_in", "time_mlp_out"] if cfg.pi05
+              else ["state_proj", "action_time_mlp_in", "action_time_mlp_out"])
     for h in heads:
         yield f"{h}/kernel", lambda w, h=h: {f"{h}.weight": _linear(w)}
         yield f"{h}/bias", lambda b, h=h: {f"{h}.bias": b}

@@ -49,7 +49,8 @@ def read_export_config(path) -> tuple[ModelConfig, dict]:
     """-> (ModelConfig, the whole json dict). ValueError if it is not one of ours."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise ValueError(f"config: {str(path)!r} does not exist; expected the config.json written by tools/export_torch.py")
+        raise ValueError(f"config: {str(path)!r} does not exist; "
+                         "expected the config.json written by tools/export_torch.py")
     d = json.loads(path.read_text())
     if d.get("format") != FORMAT or "model" not in d:
         raise ValueError(f"config: {str(path)!r} has format {d.get('format')!r}, expected {FORMAT!r} "

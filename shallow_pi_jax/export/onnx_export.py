@@ -219,7 +219,8 @@ def export_onnx(model: Pi0Torch, out: str | pathlib.Path, mode: str = "single", 
                     {**batch_axes, **cache_axes}, path, opset)
             files += _finalize(path, external_data, {**meta, "role": "prefix"})
             step_names = ([] if c.pi05 else ["state"]) + ["k_cache", "v_cache", "prefix_mask", "x_t", "time"]
-            step_args = ([] if c.pi05 else [args[names.index("state")]]) + [k, v, pmask, noise, torch.ones(example_batch)]
+            step_args = (([] if c.pi05 else [args[names.index("state")]])
+                         + [k, v, pmask, noise, torch.ones(example_batch)])
             axes = {n: ({1: "batch"} if n in ("k_cache", "v_cache") else {0: "batch"}) for n in step_names + ["v_t"]}
             path = tmp / (out.stem + "_step.onnx")
             _export(StepGraph(model), step_args, step_names, ["v_t"], axes, path, opset)

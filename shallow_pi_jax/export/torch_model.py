@@ -347,7 +347,8 @@ class Pi0Torch(nn.Module):
         self._rope_timescale = torch.from_numpy(self.constants["rope_timescale"].copy())
         if self._time_freqs.shape != (e // 2,) or self._rope_timescale.shape != (config.llm.head_dim // 2,):
             raise ValueError(f"constants: time_freqs {tuple(self._time_freqs.shape)} / rope_timescale "
-                             f"{tuple(self._rope_timescale.shape)}, expected ({e // 2},) / ({config.llm.head_dim // 2},)")
+                             f"{tuple(self._rope_timescale.shape)}, "
+                             f"expected ({e // 2},) / ({config.llm.head_dim // 2},)")
 
     # -- pieces ---------------------------------------------------------------------------
     @property

@@ -45,7 +45,8 @@ def attn_pairs(config, lmap: LayerMap) -> tuple[tuple[int, int], ...]:
     where = config.loss.attn_layer
     j = {"initial": 0, "middle": depth // 2, "late": depth - 1}.get(where, where)
     if not isinstance(j, int) or not 0 <= j < depth:
-        raise ValueError(f"loss.attn_layer: expected initial|middle|late or a student layer in [0, {depth}), got {where!r}")
+        raise ValueError(f"loss.attn_layer: expected initial|middle|late or a student layer in [0, {depth}), "
+                         f"got {where!r}")
     return ((j, lmap.indices[j]),)
 
 

@@ -52,7 +52,8 @@ def attention_kd_loss(attn_teacher, attn_student, key_mask, query_mask=None):
     row_valid = (jnp.sum(key_mask, axis=-1) > 0)[None, :, None, None]
     if query_mask is not None:
         if query_mask.shape != (attn_teacher.shape[1], attn_teacher.shape[3]):
-            raise ValueError(f"attention KD: query_mask expected shape {(attn_teacher.shape[1], attn_teacher.shape[3])}, "
+            raise ValueError(f"attention KD: query_mask expected shape "
+                             f"{(attn_teacher.shape[1], attn_teacher.shape[3])}, "
                              f"got {query_mask.shape}")
         row_valid = row_valid & query_mask[None, :, None, :]
     w = jnp.broadcast_to(row_valid, kl.shape).astype(jnp.float32)

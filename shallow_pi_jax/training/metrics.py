@@ -62,6 +62,7 @@ def memory_summary(compiled) -> dict[str, int]:
         return {}
     if m is None:
         return {}
-    out = {k: int(getattr(m, f"{k}_size_in_bytes", 0)) for k in ("argument", "output", "temp", "generated_code", "alias")}
+    out = {k: int(getattr(m, f"{k}_size_in_bytes", 0))
+           for k in ("argument", "output", "temp", "generated_code", "alias")}
     out["total"] = out["argument"] + out["output"] + out["temp"] + out["generated_code"] - out["alias"]
     return out
