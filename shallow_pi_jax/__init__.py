@@ -6,7 +6,8 @@ Layers, each importing only from those below it (checked by import-linter, see p
                  serve, openpi_parity, compute_norm_stats, make_demo_dataset, aot_compile, bench_*, demo
     eval, perf, export        open/closed-loop evaluation and parity; FLOP counts and TPU AOT; PyTorch/ONNX
     serve, training           the servable Policy and websocket server; the distillation trainer
-    data, sim                 openpi's data pipeline and transforms; the bundled simulator and demo data
+    sim                       the bundled simulator and its demo dataset
+    data                      openpi's data pipeline, transforms, norm stats, tokenizer
     checkpoint                openpi params I/O and the policy directory format
     models                    π0 / π0.5 in Flax
     fileio, verbosity         atomic writes; library log levels

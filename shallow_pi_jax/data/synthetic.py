@@ -5,11 +5,12 @@ Used by the tests and tools/bench_data.py; written offline with
 """
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from shallow_pi_jax.data.tokenizer import train_sentencepiece
 
 TASKS = ("put the bowl on the plate", "open the top drawer", "pick_up the red block",
          "push the button\nthen stop", "stack the cups")
@@ -112,17 +113,9 @@ def write_dataset(name: str, data_dir: str, features, episodes, version="1.0.0")
 
 def train_tokenizer(path: str, texts=TASKS, vocab_size: int = 96) -> str:
     """A tiny sentencepiece model with PaliGemma's special ids (pad 0, eos 1, bos 2, unk 3) and '\\n'."""
-    import sentencepiece as spm
-
     corpus = list(texts) * 20 + ["Task: , State: 0 1 2 3 4 5 6 7 8 9 ;\nAction: "] * 20
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus), model_writer=model, vocab_size=vocab_size, model_type="bpe",
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3, user_defined_symbols=["\n"],
-        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
-        split_digits=True,
-        character_coverage=1.0, minloglevel=2)
+    model = train_sentencepiece(corpus, vocab_size, character_coverage=1.0)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
-        f.write(model.getvalue())
+        f.write(model)
     return path

@@ -8,8 +8,10 @@ max_len; longer prompts are truncated with a warning, as openpi does.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
+from collections.abc import Iterable
 
 import numpy as np
 import sentencepiece
@@ -82,3 +84,18 @@ class PaligemmaTokenizer:
 
     def decode(self, tokens: np.ndarray) -> str:
         return self._sp.decode([int(t) for t in tokens])
+
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, **options) -> bytes:
+    """A small BPE sentencepiece model (serialized) with PaliGemma's special ids and Gemma's text settings.
+
+    pad 0, eos 1, bos 2, unk 3, "\\n" a piece, no normalisation or dummy prefix, digits split; for the
+    tiny tokenizers of the demo data and the tests (the real one is PaliGemma's, never trained here).
+    `options` are further sentencepiece trainer options (e.g. byte_fallback=True)."""
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, user_defined_symbols=["\n"],
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+        split_digits=True, minloglevel=2, **options)
+    return model.getvalue()

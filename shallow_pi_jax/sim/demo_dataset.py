@@ -24,7 +24,6 @@ evaluation uses, draw unrelated scenes.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import pathlib
@@ -34,6 +33,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from shallow_pi_jax.data.tokenizer import train_sentencepiece
 from shallow_pi_jax.sim.env import ACTION_DIM, STATE_DIM, ReachConfig, ReachEnv
 from shallow_pi_jax.sim.expert import expert_episode
 from shallow_pi_jax.sim.scene import all_instructions
@@ -94,22 +94,14 @@ def train_tokenizer(vocab_size: int = TOKENIZER_VOCAB) -> bytes:
     Like Gemma's tokenizer: no normalisation or dummy prefix, digits split, "\\n" a piece, and
     byte fallback so any text encodes.
     """
-    import sentencepiece as spm
-
     rng = np.random.default_rng(0)
     texts = all_instructions()
     for text in all_instructions():
         for _ in range(3):
             state = " ".join(str(v) for v in rng.integers(0, 256, size=STATE_DIM))
             texts.append(f"Task: {text}, State: {state};\nAction: ")
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="bpe",
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3, byte_fallback=True, user_defined_symbols=["\n"],
-        normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
-        split_digits=True, allow_whitespace_only_pieces=True, hard_vocab_limit=False,
-        num_threads=1, minloglevel=2)
-    return model.getvalue()
+    return train_sentencepiece(texts, vocab_size, byte_fallback=True, allow_whitespace_only_pieces=True,
+                               hard_vocab_limit=False, num_threads=1)
 
 
 def _features(image_size: int):
