@@ -1,9 +1,8 @@
-"""TPU ahead-of-time compilation (shallow_pi_jax/aot.py, tools/aot_compile.py) on a CPU-only host.
+"""TPU ahead-of-time compilation (shallow_pi_jax/perf/aot.py, shallow_pi_jax/aot_compile.py) on a CPU-only host.
 
 The tiny config's fused distillation step is compiled for a 4-chip v5e slice by libtpu's compiler;
 without libtpu these tests are skipped with the reason (never passed silently).
 """
-import importlib.util
 import pathlib
 
 import jax
@@ -12,6 +11,8 @@ import numpy as np
 import pytest
 
 from shallow_pi_jax.perf import aot
+from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import sharding
 
 ROOT = pathlib.Path(__file__).parents[1]
 NO_LIBTPU = aot.libtpu_missing()
@@ -19,11 +20,8 @@ needs_libtpu = pytest.mark.skipif(NO_LIBTPU is not None, reason=str(NO_LIBTPU))
 aot.quiet_libtpu_env()
 
 
-def l6(arg=None):
-    spec = importlib.util.spec_from_file_location("l6", ROOT / "experiments" / "l6.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+def l6(arg=""):
+    return train_config.load(f"{ROOT / 'experiments' / 'l6.py'}:{arg}")
 
 
 def test_matmul_flops_counts_loop_trips_and_remat():
@@ -80,19 +78,17 @@ def test_bad_topology_and_mesh_names():
     with pytest.raises(ValueError, match="topology"):
         aot.tpu_topology("v9:4x4")
     with pytest.raises(ValueError, match="mesh"):
-        aot.parse_mesh("data=2,model=4", l6("tiny"))
-    assert aot.parse_mesh("data=2,fsdp=8", l6("tiny")) == (2, 8)
-    assert aot.parse_mesh("fsdp=4", l6("tiny")) == (-1, 4)
-    assert aot.parse_mesh(None, l6("tiny")) == (1, -1)
+        aot.parse_mesh("data=2,model=4", l6("size=tiny"))
+    assert aot.parse_mesh("data=2,fsdp=8", l6("size=tiny")) == (2, 8)
+    assert aot.parse_mesh("fsdp=4", l6("size=tiny")) == (-1, 4)
+    assert aot.parse_mesh(None, l6("size=tiny")) == (1, -1)
 
 
 @needs_libtpu
 def test_tiny_fused_step_compiles_for_v5e_2x2():
-    from shallow_pi_jax.training import sharding
-
     topo = aot.tpu_topology("v5e:2x2")
     assert len(topo.devices) == 4 and topo.devices[0].platform == "tpu"
-    config = l6("tiny")
+    config = l6("size=tiny")
     mesh = sharding.make_mesh(1, -1, devices=topo.devices)
     r = aot.train_step_report(config, mesh, topo.chip, global_batch=8, kind="kd", topology=topo.name, estimate=False)
     mem = r.memory

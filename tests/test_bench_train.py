@@ -1,27 +1,20 @@
 """tools/bench_train.py: the fused KD step against the plain student step, on a 2-layer teacher."""
-import importlib.util
 import pathlib
 
 import jax
 import pytest
 
+from shallow_pi_jax import bench_train
 from shallow_pi_jax.models.pi0 import Pi0
 from shallow_pi_jax.perf import aot
-from shallow_pi_jax.training import sharding
-from shallow_pi_jax.training import build
+from shallow_pi_jax.training import build, sharding
+from shallow_pi_jax.training import config as train_config
 
 ROOT = pathlib.Path(__file__).parents[1]
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "tools" / "bench_train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def small_config():
-    c = aot.load_experiment(str(ROOT / "experiments" / "l6.py") + ":tiny")
+    c = train_config.load(f"{ROOT / 'experiments' / 'l6.py'}:size=tiny")
     c.model.llm.depth = c.model.expert.depth = 2
     c.model.siglip.depth = 1
     c.student.depth = 1
@@ -49,10 +42,9 @@ def _step(config, kind, mesh, batch):
 
 
 def test_bad_arguments_are_named():
-    tool = load_tool()
     with pytest.raises(ValueError, match="--devices"):
-        tool.main(["--skip-timing", "--devices", f"8,{len(jax.devices()) + 1}"])
+        bench_train.main(["--skip-timing", "--devices", f"8,{len(jax.devices()) + 1}"])
     with pytest.raises(ValueError, match="--repeats"):
-        tool.main(["--skip-memory", "--repeats", "0", "--devices", "1"])
+        bench_train.main(["--skip-memory", "--repeats", "0", "--devices", "1"])
     with pytest.raises(ValueError, match="no such file"):
-        tool.main(["--skip-timing", "--devices", "1", "--config", "experiments/nope.py"])
+        bench_train.main(["--skip-timing", "--devices", "1", "--config", "experiments/nope.py"])

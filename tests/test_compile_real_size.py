@@ -1,24 +1,16 @@
 """MaxText-style check: the real-size l6 distillation step lowers and compiles on CPU for an 8-device
 mesh, from abstract inputs only (no weights allocated, nothing executed)."""
-import importlib.util
 import pathlib
 
 import jax
 
 from shallow_pi_jax.training import build, sharding
+from shallow_pi_jax.training import config as train_config
 from shallow_pi_jax.training.metrics import memory_summary
 
 
-def load_experiment(name):
-    path = pathlib.Path(__file__).parents[1] / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_real_size_l6_step_compiles_on_8_devices():
-    config = load_experiment("l6").get_config()
+    config = train_config.load(str(pathlib.Path(__file__).parents[1] / "experiments" / "l6.py"))
     config.teacher.params = "/nonexistent/teacher/params"  # only its shapes are used
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     assert mesh.devices.size == 8

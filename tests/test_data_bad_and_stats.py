@@ -1,20 +1,14 @@
 """Bad data gives clear errors (or counted skips); norm stats equal numpy's and load in openpi's format."""
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 import pytest
 
+from shallow_pi_jax import compute_norm_stats as cli
 from shallow_pi_jax.data import norm_stats as ns
 from shallow_pi_jax.data import synthetic
 from shallow_pi_jax.data.config import DataConfig, DatasetSpec
 from shallow_pi_jax.data.pipeline import make_dataset
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-spec_ = importlib.util.spec_from_file_location("compute_norm_stats", ROOT / "tools" / "compute_norm_stats.py")
-cli = importlib.util.module_from_spec(spec_)
-spec_.loader.exec_module(cli)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +24,8 @@ def root(tmp_path_factory):
     synthetic.write_dataset("has_nan", str(root), synthetic.libero_features(), [good[0], nan_ep])
     synthetic.write_dataset("has_empty", str(root), synthetic.libero_features(), [empty_ep, good[1]])
     int_state = [synthetic.libero_episode(rng, 3, index=0)]
-    int_state[0]["steps"] = [{**s, "observation": {**s["observation"], "state": s["observation"]["state"].astype(np.int32)}}
+    int_state[0]["steps"] = [{**s, "observation": {**s["observation"],
+                                                   "state": s["observation"]["state"].astype(np.int32)}}
                              for s in int_state[0]["steps"]]
     synthetic.write_dataset("int_state", str(root), synthetic.libero_features(state_dtype=np.int32), int_state)
     tok = synthetic.train_tokenizer(str(root / "tok.model"))
@@ -64,12 +59,14 @@ def test_too_many_dims_for_the_model(root):
 
 def test_nan_episode_raises_naming_episode_and_field(root):
     it = make_dataset(cfg_for(root, "has_nan"), train=False)
-    with pytest.raises(ValueError, match=r"episode 'has_nan-train.*episode_7\.hdf5.*field 'actions'.*NaN.*step 2, dim 3"):
+    with pytest.raises(ValueError,
+                       match=r"episode 'has_nan-train.*episode_7\.hdf5.*field 'actions'.*NaN.*step 2, dim 3"):
         list(it)
 
 
 def test_empty_episode_raises_naming_episode(root):
-    with pytest.raises(ValueError, match=r"episode 'has_empty-train.*empty\.hdf5.*empty episode \(0 steps\).*skip_bad_episodes"):
+    with pytest.raises(ValueError,
+                       match=r"episode 'has_empty-train.*empty\.hdf5.*empty episode \(0 steps\).*skip_bad_episodes"):
         list(make_dataset(cfg_for(root, "has_empty"), train=False))
 
 
@@ -79,7 +76,8 @@ def test_bad_episodes_skipped_and_counted_when_configured(root):
     assert frames == 4 + 6  # only the two good episodes
     assert it.num_skipped_episodes == 2
     assert it.skipped_by_reason == {"nan": 1, "empty": 1}
-    assert all(np.isfinite(b["actions"]).all() for b in make_dataset(cfg_for(root, "bad", skip_bad_episodes=True), False))
+    batches = make_dataset(cfg_for(root, "bad", skip_bad_episodes=True), False)
+    assert all(np.isfinite(b["actions"]).all() for b in batches)
 
 
 def test_unknown_config_field_is_rejected(root):

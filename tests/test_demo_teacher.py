@@ -2,17 +2,19 @@
 architecture is exactly the config's, else a cached one of that architecture."""
 import json
 
+from shallow_pi_jax import demo
+from shallow_pi_jax.eval.closed_loop import evaluate
+from shallow_pi_jax.serve.policy import load_policy
 from shallow_pi_jax.training import config as train_config
-from shallow_pi_jax.training import demo
 
 
 def test_shipped_teacher_only_for_its_own_architecture(tmp_path, monkeypatch):
     monkeypatch.setenv("SHALLOW_PI_CACHE", str(tmp_path))
     shipped = json.loads((demo.PACKAGE_TEACHER / "model_config.json").read_text())
-    same = train_config.distill_config(6, "demo,pi05" if shipped["pi05"] else "demo,pi0")
+    same = train_config.distill_config(6, "size=demo,model=pi05" if shipped["pi05"] else "size=demo,model=pi0")
     assert demo.demo_teacher(same) == demo.PACKAGE_TEACHER / "params"
 
-    other = train_config.distill_config(6, "demo,pi0" if shipped["pi05"] else "demo,pi05")
+    other = train_config.distill_config(6, "size=demo,model=pi0" if shipped["pi05"] else "size=demo,model=pi05")
     built = demo.built_teacher_dir(other.model)
     assert built.parent == tmp_path and built != demo.built_teacher_dir(same.model)
     (built / "params").mkdir(parents=True)  # stands in for a teacher trained earlier (training takes minutes)
@@ -21,9 +23,6 @@ def test_shipped_teacher_only_for_its_own_architecture(tmp_path, monkeypatch):
 
 def test_shipped_teacher_solves_the_simulator():
     """The bundled teacher must really read the image and the instruction, through the serving path."""
-    from shallow_pi_jax.eval.closed_loop import evaluate
-    from shallow_pi_jax.serve.policy import load_policy
-
     policy = load_policy(demo.PACKAGE_TEACHER, env="demo", num_steps=10)
     # Held-out reset seeds (the demo data use tuple seeds); 96.5 % over the first 200 of them.
     result = evaluate(policy, range(100_000, 100_040), replan_every=5, num_envs=40)

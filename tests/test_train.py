@@ -20,6 +20,7 @@ from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.params import init_params, param_shapes
 from shallow_pi_jax.sim.demo_dataset import build_demo_dataset
 from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import loop
 from shallow_pi_jax.training.checkpoints import RunCheckpoints
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -30,18 +31,20 @@ def assets(tmp_path_factory):
     """A small demo dataset, its norm stats and a random 18-layer tiny teacher in openpi's layout."""
     root = tmp_path_factory.mktemp("train_assets")
     ds = build_demo_dataset(root / "data", num_episodes=16)
-    c = train_config.distill_config(6, "demo,tiny")
+    c = train_config.distill_config(6, "size=tiny")
     c.data.datasets[0]["data_dir"] = str(ds.data_dir)
     c.data.tokenizer_path = str(ds.tokenizer_path)
     dc = DataConfig.from_any(c.data)
     stats = root / "norm_stats.json"
     norm_stats.save(compute(dc, dc.datasets, progress=False), stats)
     teacher = root / "teacher" / "params"
-    openpi_params.save_params(jax.device_get(init_params(ModelConfig.from_dict(c.model), jax.random.PRNGKey(3))), teacher)
-    return {"data_dir": str(ds.data_dir), "tokenizer": str(ds.tokenizer_path), "stats": str(stats), "teacher": str(teacher)}
+    params = init_params(ModelConfig.from_dict(c.model), jax.random.PRNGKey(3))
+    openpi_params.save_params(jax.device_get(params), teacher)
+    return {"data_dir": str(ds.data_dir), "tokenizer": str(ds.tokenizer_path), "stats": str(stats),
+            "teacher": str(teacher)}
 
 
-def tiny_config(assets, arg="demo,tiny", depth=6):
+def tiny_config(assets, arg="size=tiny", depth=6):
     c = train_config.distill_config(depth, arg)
     c.data.datasets[0]["data_dir"] = assets["data_dir"]
     c.data.tokenizer_path = assets["tokenizer"]
@@ -52,7 +55,7 @@ def tiny_config(assets, arg="demo,tiny", depth=6):
 
 
 def plain_config(assets):
-    c = train_config.teacher_config("demo,tiny")
+    c = train_config.teacher_config("size=tiny")
     c.data.datasets[0]["data_dir"] = assets["data_dir"]
     c.data.tokenizer_path, c.data.norm_stats_path = assets["tokenizer"], assets["stats"]
     return c
@@ -98,9 +101,7 @@ def test_three_distillation_steps_on_a_simulated_8_device_mesh(assets, tmp_path)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path, monkeypatch):
-    import shallow_pi_jax.data as data_pkg
-
-    real = data_pkg.make_dataset
+    real = loop.make_dataset
 
     def poisoned(cfg, train=True):
         it = real(cfg, train)
@@ -109,7 +110,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path, monkeyp
                 b = dict(b, actions=np.full_like(b["actions"], np.nan))
             yield b
 
-    monkeypatch.setattr(data_pkg, "make_dataset", poisoned)
+    monkeypatch.setattr(loop, "make_dataset", poisoned)  # the name the training loop calls
     c = plain_config(assets)
     with pytest.raises(FloatingPointError, match="non-finite values at step 4"):
         train.run(c, tmp_path, progress=False)
@@ -121,7 +122,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path, monkeyp
 CONFIG_FILE = '''
 from shallow_pi_jax.training import config as train_config
 def get_config(arg=None):
-    c = train_config.teacher_config("demo,tiny")  # plain training: the same loop, resume and checkpoints
+    c = train_config.teacher_config("size=tiny")  # plain training: the same loop, resume and checkpoints
     c.data.datasets[0]["data_dir"] = {data_dir!r}
     c.data.tokenizer_path, c.data.norm_stats_path = {tok!r}, {stats!r}
     c.num_steps, c.checkpoint_every, c.async_checkpoint = 40, 1, False

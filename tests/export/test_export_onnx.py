@@ -13,7 +13,9 @@ from shallow_pi_jax.export import torch_model as tm
 from shallow_pi_jax.export.onnx_policy import OnnxPolicy
 from shallow_pi_jax.models.config import ModelConfig
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.torch]
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests/fixtures/openpi_tiny"
 
 

@@ -10,6 +10,8 @@ from shallow_pi_jax.models.observation import dummy_observation
 from shallow_pi_jax.models.pi0 import Pi0
 from shallow_pi_jax.serve.testing import random_params, tiny_config
 
+pytestmark = pytest.mark.slow
+
 
 def _batch(cfg, b=2, seed=0):
     rng = np.random.default_rng(seed)

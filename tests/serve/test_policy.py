@@ -16,6 +16,8 @@ from shallow_pi_jax.serve.testing import (
     write_tiny_checkpoint,
 )
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tiny():

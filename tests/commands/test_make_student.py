@@ -18,7 +18,9 @@ from shallow_pi_jax.checkpoint import openpi_params as C
 from shallow_pi_jax.training import student_init as S
 from shallow_pi_jax.training.layer_map import LayerMap, make_layer_map
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 FIXTURES = REPO / "tests" / "fixtures" / "openpi_tiny"
 UNIFORM_6 = (0, 3, 7, 10, 14, 17)

@@ -15,7 +15,9 @@ from shallow_pi_jax.export import convert
 from shallow_pi_jax.export import torch_model as tm
 from shallow_pi_jax.models.config import GemmaConfig, ModelConfig, SiglipConfig
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.torch]
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 STUDENT_LAYERS = [0, 3, 7, 10, 14, 17]
 
 

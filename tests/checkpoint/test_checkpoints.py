@@ -78,7 +78,7 @@ def test_restore_dtype(fixture_dir):
 
 
 def test_restore_sharded():
-    fixture = pathlib.Path(__file__).parent / "fixtures" / "openpi_tiny" / "pi05" / "params"
+    fixture = pathlib.Path(__file__).parents[1] / "fixtures" / "openpi_tiny" / "pi05" / "params"
     ref = C.flatten_params(C.restore_params(fixture))
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "fsdp"))
 
@@ -103,7 +103,7 @@ def test_restore_sharded():
 
 def test_value_suffix_is_stripped(tmp_path):
     """openpi training checkpoints saved from nnx.State end every path in 'value'."""
-    fixture = pathlib.Path(__file__).parent / "fixtures" / "openpi_tiny" / "pi0" / "params"
+    fixture = pathlib.Path(__file__).parents[1] / "fixtures" / "openpi_tiny" / "pi0" / "params"
     ref = C.flatten_params(C.restore_params(fixture))
     wrapped = C.unflatten_params({f"{p}/value": jnp.asarray(x) for p, x in ref.items()})
     with ocp.PyTreeCheckpointer() as ckptr:
@@ -194,7 +194,7 @@ def test_reader_streaming_path(fixture_dir):
 
 
 def test_digest_and_bad_dirs(tmp_path):
-    src = pathlib.Path(__file__).parent / "fixtures" / "openpi_tiny" / "pi0" / "params"
+    src = pathlib.Path(__file__).parents[1] / "fixtures" / "openpi_tiny" / "pi0" / "params"
     shutil.copytree(src, tmp_path / "params")
     d1 = C.checkpoint_digest(src)
     assert d1 == C.checkpoint_digest(tmp_path / "params") and len(d1) == 64

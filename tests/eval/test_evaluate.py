@@ -4,12 +4,15 @@ import pathlib
 import subprocess
 
 import numpy as np
+import pytest
 
 from shallow_pi_jax import evaluate
 from shallow_pi_jax.eval import open_loop
 from shallow_pi_jax.serve.testing import tiny_config, write_tiny_checkpoint
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_error_accumulator_per_step():

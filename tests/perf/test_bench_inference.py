@@ -12,7 +12,9 @@ import pytest
 from shallow_pi_jax.perf import costs
 from shallow_pi_jax.serve.testing import tiny_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _scan_matmuls(x, w):
