@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from shallow_pi_jax.checkpoint import openpi_params, policy_dir
+from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
 from shallow_pi_jax.export.convert import convert_params
 from shallow_pi_jax.export.export_config import (
     FORMAT,
@@ -133,7 +134,7 @@ def main(argv=None):
     out = pathlib.Path(args.out).expanduser().resolve()
     if out.exists() and not args.overwrite:
         raise SystemExit(f"--out {out} exists; pass --overwrite to replace it")
-    reader = openpi_params.ParamsReader(params_dir)
+    reader = ParamsReader(params_dir)
     shapes = {p: tuple(s.shape) for p, s in reader.shapes.items()}
     cfg = resolve_config(args, shapes, ckpt_root)
     lmap = resolve_layer_map(args, ckpt_root, cfg.depth)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from shallow_pi_jax import fileio
 from shallow_pi_jax.checkpoint import openpi_params, policy_dir
+from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
 from shallow_pi_jax.training import layer_map as layer_maps
 from shallow_pi_jax.training import student_init
 
@@ -69,7 +70,7 @@ def build_layer_map(args, depth: int) -> layer_maps.LayerMap:
 
 def make_student(args) -> pathlib.Path:
     teacher_dir = openpi_params.resolve_params_dir(args.teacher)
-    reader = openpi_params.ParamsReader(teacher_dir)
+    reader = ParamsReader(teacher_dir)
     depth = student_init.stack_depth({p: tuple(s.shape) for p, s in reader.shapes.items()})
     lmap = build_layer_map(args, depth)
     dtype = DTYPES[args.dtype]

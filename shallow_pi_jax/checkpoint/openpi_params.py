@@ -14,22 +14,17 @@ so every function sees and returns the pure dict, with paths like
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
-import itertools
-import json
 import os
 import pathlib
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import tensorstore as ts
 
 from shallow_pi_jax import fileio
 
@@ -77,7 +72,7 @@ def _is_tree_metadata(node) -> bool:
     return hasattr(node, "items") and hasattr(node, "tree") and not hasattr(node, "shape")
 
 
-def _strip_value_suffix(flat: dict[str, Any]) -> dict[str, Any]:
+def strip_value_suffix(flat: dict[str, Any]) -> dict[str, Any]:
     suffix = SEP + _VALUE_KEY
     if flat and all(p.endswith(suffix) for p in flat):
         return {p[: -len(suffix)]: v for p, v in flat.items()}
@@ -100,7 +95,7 @@ def resolve_params_dir(path: str | os.PathLike) -> pathlib.Path:
         f"params/); pass an openpi checkpoint's params/ directory")
 
 
-def _params_metadata(params_dir: pathlib.Path) -> dict[str, Any]:
+def stored_metadata(params_dir: pathlib.Path) -> dict[str, Any]:
     """{stored path: orbax ArrayMetadata} for the leaves under the item's 'params' key."""
     with ocp.PyTreeCheckpointer() as ckptr:
         item = ckptr.metadata(params_dir).item_metadata
@@ -114,7 +109,7 @@ def _params_metadata(params_dir: pathlib.Path) -> dict[str, Any]:
 
 def params_shapes(params_dir: str | os.PathLike) -> dict:
     """Pure-dict tree of jax.ShapeDtypeStruct for a checkpoint, read from metadata only."""
-    meta = _strip_value_suffix(_params_metadata(resolve_params_dir(params_dir)))
+    meta = strip_value_suffix(stored_metadata(resolve_params_dir(params_dir)))
     return unflatten_params({p: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype) for p, m in meta.items()})
 
 
@@ -134,8 +129,8 @@ def restore_params(params_dir: str | os.PathLike, dtype=None, sharding: Sharding
         pytree of shardings, or a callable `(path, jax.ShapeDtypeStruct) -> Sharding`.
     """
     params_dir = resolve_params_dir(params_dir)
-    stored = _params_metadata(params_dir)
-    pure_of = dict(zip(stored, _strip_value_suffix(dict.fromkeys(stored)).keys()))
+    stored = stored_metadata(params_dir)
+    pure_of = dict(zip(stored, strip_value_suffix(dict.fromkeys(stored)).keys()))
     shardings = _leaf_shardings(sharding, {pure_of[p]: m for p, m in stored.items()}, dtype)
 
     def args_for(path, meta):
@@ -148,7 +143,7 @@ def restore_params(params_dir: str | os.PathLike, dtype=None, sharding: Sharding
     restore_args = {"params": unflatten_params({p: args_for(p, m) for p, m in stored.items()})}
     with ocp.PyTreeCheckpointer() as ckptr:
         restored = ckptr.restore(params_dir, ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
-    return unflatten_params(_strip_value_suffix(flatten_params(restored["params"])))
+    return unflatten_params(strip_value_suffix(flatten_params(restored["params"])))
 
 
 def _leaf_shardings(sharding, meta: dict[str, Any], dtype) -> dict[str, jax.sharding.Sharding]:
@@ -254,177 +249,6 @@ def validate_params(params: Mapping, expected: Mapping, *, check_dtype: bool = F
     if problems:
         lines += [f"mismatched ({len(problems)}):"] + problems
     raise ValueError("\n".join(lines))
-
-
-# ----------------------------------------------------------------------------- reading leaves from disk
-
-class ParamsReader:
-    """Read one leaf, or some layers of a stacked leaf, straight from an orbax checkpoint.
-
-    Goes through tensorstore, so memory is the requested slice plus the storage chunks it touches
-    (orbax writes one chunk per saved shard). A leaf saved from one device is one chunk (split
-    along later axes past 2 GB), and decoding a 2 GB chunk to keep 6 of its 18 layers would cost
-    twice the leaf. So leaves of at least `stream_min_bytes` stored as zarr chunks spanning axis 0
-    (orbax's default; zstd or uncompressed) are decoded as a stream, keeping only the requested
-    rows: memory is the result plus ~8 MB (or one chunk row if larger). make_student uses this.
-    """
-
-    def __init__(self, params_dir: str | os.PathLike, stream_min_bytes: int = 64 << 20):
-        self.directory = resolve_params_dir(params_dir)
-        self.stream_min_bytes = stream_min_bytes
-        stored = _params_metadata(self.directory)
-        pure = _strip_value_suffix(dict.fromkeys(stored))
-        self._names = {p: m.name for p, m in zip(pure, stored.values())}
-        self.shapes = {p: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype) for p, m in zip(pure, stored.values())}
-        meta_json = json.loads((self.directory / "_METADATA").read_text())
-        self._driver = "zarr3" if meta_json.get("use_zarr3") else "zarr"
-        self._ocdbt = (self.directory / "manifest.ocdbt").is_file()
-
-    @property
-    def paths(self) -> list[str]:
-        return list(self.shapes)
-
-    def _kvstore_spec(self, path: str) -> dict:
-        if path not in self._names:
-            raise ValueError(f"path: {path!r} is not a leaf of {self.directory}")
-        name = self._names[path]
-        if self._ocdbt:
-            return {"driver": "ocdbt", "base": f"file://{self.directory}", "path": f"{name}/"}
-        return {"driver": "file", "path": f"{self.directory / name}/"}
-
-    def _open(self, path: str):
-        kvstore = self._kvstore_spec(path)
-        # No chunk cache: each chunk is decoded once for the read and then dropped.
-        ctx = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
-        return ts.open({"driver": self._driver, "kvstore": kvstore}, open=True, read=True, context=ctx).result()
-
-    def _read_streaming(self, path: str, store, rows: list[int]) -> np.ndarray | None:
-        """Rows of axis 0 of a zarr v2 leaf (zstd or uncompressed) whose chunks each span all of
-        axis 0 (orbax's layout for a leaf saved from one device; it splits only chunks over 2 GB,
-        along later axes), decoded chunk by chunk as a stream. None if stored any other way (then
-        tensorstore reads it)."""
-        meta = store.spec().to_json().get("metadata", {})
-        shape, chunks = tuple(store.shape), tuple(meta.get("chunks", ()))
-        dtype = np.dtype(store.dtype.numpy_dtype)
-        compressor = (meta.get("compressor") or {}).get("id")
-        if (self._driver != "zarr" or not shape or len(chunks) != len(shape) or chunks[0] != shape[0]
-                or compressor not in ("zstd", None) or meta.get("filters")
-                or meta.get("order") != "C" or dtype.byteorder == ">"):
-            return None
-
-        kv = ts.KvStore.open(self._kvstore_spec(path)).result()
-        sep = meta.get("dimension_separator", ".")
-        out = _aligned_empty((len(rows),) + shape[1:], dtype)
-        targets: dict[int, list[int]] = {}
-        for j, i in enumerate(rows):
-            targets.setdefault(i, []).append(j)
-        last = max(rows) + 1
-        row_shape = chunks[1:]  # zarr v2 stores edge chunks padded to the full chunk shape
-        row_bytes = int(np.prod(row_shape)) * dtype.itemsize
-        block = max(1, min(last, (8 << 20) // max(row_bytes, 1)))
-        scratch = np.empty((block,) + row_shape, dtype)
-        grid = [range(-(-s // c)) for s, c in zip(shape[1:], chunks[1:])]
-        for cell in itertools.product(*grid):
-            source = _KvValueFile(kv, sep.join(["0"] + [str(c) for c in cell]))
-            if source.size == 0:
-                return None  # chunk not stored (all fill value): let tensorstore fill it
-            region = tuple(slice(c * k, min((c + 1) * k, s)) for c, k, s in zip(cell, chunks[1:], shape[1:]))
-            valid = tuple(slice(0, r.stop - r.start) for r in region)
-            with _decoded(source, compressor) as stream:
-                for i0 in range(0, last, block):
-                    n = min(block, last - i0)
-                    _read_exactly(stream, memoryview(scratch[:n].reshape(-1).view(np.uint8)), path)
-                    for r in range(n):
-                        for j in targets.get(i0 + r, ()):
-                            out[(j,) + region] = scratch[(r,) + valid]
-        return out
-
-    def read(self, path: str, layers: Iterable[int] | None = None, dtype=None) -> np.ndarray:
-        """The leaf at `path` as numpy; with `layers`, only those indices of axis 0, in that order."""
-        store = self._open(path)
-        if layers is not None:
-            layers = [int(i) for i in layers]
-            n = store.shape[0] if store.ndim else 0
-            bad = [i for i in layers if not 0 <= i < n]
-            if bad:
-                raise ValueError(f"layers: {bad} out of range for {path!r} with axis 0 of size {n}")
-        out = None
-        leaf_bytes = int(np.prod(store.shape)) * np.dtype(store.dtype.numpy_dtype).itemsize
-        if store.ndim and leaf_bytes >= self.stream_min_bytes and (layers is None or layers):
-            rows = list(range(store.shape[0])) if layers is None else layers
-            out = self._read_streaming(path, store, rows)
-        if out is None:
-            out = np.asarray((store if layers is None else store[layers]).read().result())
-        want = self.shapes[path].dtype if dtype is None else np.dtype(dtype)
-        return out if out.dtype == want else out.astype(want)
-
-
-class _KvValueFile(io.RawIOBase):
-    """A read-only file over one kvstore value, fetched in byte ranges (never whole)."""
-
-    def __init__(self, kv, key: str):
-        self._kv, self._key, self._pos = kv, key, 0
-        self.size = self._value_size()
-
-    def _has_byte(self, offset: int) -> bool:
-        try:
-            r = self._kv.read(self._key, byte_range=slice(offset, offset + 1)).result()
-        except ValueError:  # OUT_OF_RANGE past the end of the value
-            return False
-        return r.state == "value" and len(r.value) == 1
-
-    def _value_size(self) -> int:
-        # kvstores expose no size without reading the value: search for the last valid offset.
-        if not self._has_byte(0):
-            return 0
-        lo, hi = 0, 1
-        while self._has_byte(hi):
-            lo, hi = hi, hi * 2
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if self._has_byte(mid) else (lo, mid)
-        return lo + 1
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        n = min(len(buf), self.size - self._pos)
-        if n <= 0:
-            return 0
-        data = self._kv.read(self._key, byte_range=slice(self._pos, self._pos + n)).result().value
-        buf[:n] = data
-        self._pos += n
-        return n
-
-
-@contextlib.contextmanager
-def _decoded(source: _KvValueFile, compressor: str | None):
-    """A readable stream of a chunk's decoded bytes."""
-    if compressor is None:
-        yield source
-        return
-    import zstandard  # only needed for compressed chunks
-
-    with zstandard.ZstdDecompressor().stream_reader(source, read_size=8 << 20) as stream:
-        yield stream
-
-
-def _aligned_empty(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
-    """np.empty on a 64-byte boundary, so jax.device_put to CPU can use the buffer without a copy."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    raw = np.empty(nbytes + align, np.uint8)
-    start = -raw.ctypes.data % align
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
-
-
-def _read_exactly(stream, view: memoryview, path: str) -> None:
-    got = 0
-    while got < len(view):
-        n = stream.readinto(view[got:])
-        if not n:
-            raise ValueError(f"{path}: stored chunk ended early (truncated or corrupt checkpoint)")
-        got += n
 
 
 # ----------------------------------------------------------------------------- provenance

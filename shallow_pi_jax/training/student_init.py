@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
 from shallow_pi_jax.checkpoint.openpi_params import (
-    ParamsReader,
     flatten_params,
     unflatten_params,
     validate_params,

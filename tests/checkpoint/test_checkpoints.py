@@ -12,6 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from shallow_pi_jax.checkpoint import openpi_params as C
+from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
 
 
 def _tree_txt(fixture_dir):
@@ -109,7 +110,7 @@ def test_value_suffix_is_stripped(tmp_path):
     with ocp.PyTreeCheckpointer() as ckptr:
         ckptr.save(tmp_path / "params", {"params": wrapped})
     _assert_equal_flat(C.flatten_params(C.restore_params(tmp_path / "params")), ref)
-    reader = C.ParamsReader(tmp_path / "params")
+    reader = ParamsReader(tmp_path / "params")
     assert sorted(reader.paths) == sorted(ref)
     np.testing.assert_array_equal(reader.read("PaliGemma/llm/layers/mlp/linear", layers=[2]),
                                   ref["PaliGemma/llm/layers/mlp/linear"][[2]])
@@ -162,7 +163,7 @@ def test_validate_params():
 
 def test_reader_leaves_and_slices(fixture_dir):
     ref = C.flatten_params(C.restore_params(fixture_dir / "params"))
-    reader = C.ParamsReader(fixture_dir / "params")
+    reader = ParamsReader(fixture_dir / "params")
     assert sorted(reader.paths) == sorted(ref)
     for p in reader.paths:
         assert reader.shapes[p].shape == ref[p].shape
@@ -180,7 +181,7 @@ def test_reader_leaves_and_slices(fixture_dir):
 def test_reader_streaming_path(fixture_dir):
     """Single-chunk zstd leaves decoded as a stream give exactly tensorstore's values."""
     ref = C.flatten_params(C.restore_params(fixture_dir / "params"))
-    reader = C.ParamsReader(fixture_dir / "params", stream_min_bytes=0)
+    reader = ParamsReader(fixture_dir / "params", stream_min_bytes=0)
     p = "PaliGemma/llm/layers/mlp/gating_einsum"
     assert reader._read_streaming(p, reader._open(p), [0]) is not None  # the fixture takes this path
     for p in reader.paths:
@@ -226,7 +227,7 @@ def test_reader_streaming_multi_chunk(tmp_path, compress):
                  "PaliGemma/llm/layers/y": NamedSharding(mesh_a, P("a")), "emb": NamedSharding(mesh_b, P(None, "b"))}
     C.save_params(C.unflatten_params({p: jax.device_put(x, shardings[p]) for p, x in ref.items()}), tmp_path / "params",
                   compress=compress)
-    reader = C.ParamsReader(tmp_path / "params", stream_min_bytes=0)
+    reader = ParamsReader(tmp_path / "params", stream_min_bytes=0)
     x = "PaliGemma/llm/layers/x"
     meta = reader._open(x).spec().to_json()["metadata"]
     assert meta["chunks"] == [6, 3, 2]

@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from shallow_pi_jax import make_student as tool
 from shallow_pi_jax.checkpoint import openpi_params as C
+from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
 from shallow_pi_jax.training import student_init as S
 from shallow_pi_jax.training.layer_map import LayerMap, make_layer_map
 
@@ -158,7 +159,7 @@ def test_cli_end_to_end(tmp_path):
     out2 = tmp_path / "l3"
     assert tool.main(["--teacher", str(ckpt), "--layers", "2,9,16", "--dtype", "bfloat16", "--compress",
                       "--out", str(out2), "--quiet"]) == 0
-    meta = C.ParamsReader(out2 / "params")._open("PaliGemma/llm/layers/mlp/linear").spec().to_json()["metadata"]
+    meta = ParamsReader(out2 / "params")._open("PaliGemma/llm/layers/mlp/linear").spec().to_json()["metadata"]
     assert meta["compressor"]["id"] == "zstd"
     student = C.flatten_params(C.restore_params(out2 / "params"))
     assert all(x.dtype == jnp.bfloat16 for x in student.values())
