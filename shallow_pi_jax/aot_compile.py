@@ -5,7 +5,7 @@ any machine (no TPU, no weights, no data) and report per-chip memory, FLOPs and 
     python tools/aot_compile.py --config experiments/l6.py --topology v5e:4x4
     python tools/aot_compile.py --config experiments/l6.py --topology v5e:2x4 --global-batch 64 --mesh data=1,fsdp=8
     python tools/aot_compile.py --config experiments/l6.py --topology v4:2x2x2 --steps kd --no-estimate
-    python tools/aot_compile.py --config experiments/l6.py --inference --topology v5e:1x1   # teacher vs student sampling
+    python tools/aot_compile.py --config experiments/l6.py --inference --topology v5e:1x1   # teacher vs student
     python tools/aot_compile.py --config experiments/l6.py:tiny --topology v5e:2x2        # seconds, a smoke test
 
 For each step (the fused distillation step and the plain student step, built by the trainer's own
@@ -31,18 +31,22 @@ from tqdm import tqdm
 
 from shallow_pi_jax.perf import aot  # noqa: E402  (imports jax lazily enough for the env below)
 from shallow_pi_jax.training import build, sharding
+from shallow_pi_jax.training import config as train_config
 
 aot.quiet_libtpu_env()
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    ap.add_argument("--config", required=True, help="experiment config, e.g. experiments/l6.py or experiments/l6.py:tiny")
+    ap.add_argument("--config", required=True,
+                    help="experiment config, e.g. experiments/l6.py or experiments/l6.py:tiny")
     ap.add_argument("--topology", default="v5e:4x4",
                     help="TPU slice: <v4|v5e|v5p|v6e>:<AxB[xC]> (default: %(default)s)")
     ap.add_argument("--global-batch", type=int, default=None, help="global batch (default: the config's batch_size)")
-    ap.add_argument("--mesh", default=None, help="mesh sizes, e.g. data=2,fsdp=8; -1 = the rest (default: the config's)")
+    ap.add_argument("--mesh", default=None,
+                    help="mesh sizes, e.g. data=2,fsdp=8; -1 = the rest (default: the config's)")
     ap.add_argument("--remat", choices=("config", "on", "off"), default="config",
                     help="rematerialise each layer in the backward pass (default: as the config says)")
     ap.add_argument("--steps", default="kd,plain", help="which train steps: kd, plain or both (default: %(default)s)")
@@ -57,7 +61,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    config = aot.load_experiment(args.config)
+    config = train_config.load(args.config)
     if args.remat != "config":
         config.remat = args.remat == "on"
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]

@@ -40,9 +40,9 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from shallow_pi_jax.models.params import init_params  # noqa: E402
-from shallow_pi_jax.perf import aot
-from shallow_pi_jax.training import sharding
-from shallow_pi_jax.training import build  # noqa: E402
+from shallow_pi_jax.perf import aot  # noqa: E402
+from shallow_pi_jax.training import build, sharding  # noqa: E402
+from shallow_pi_jax.training import config as train_config  # noqa: E402
 from shallow_pi_jax.training import step as ts  # noqa: E402
 from shallow_pi_jax.training.metrics import memory_summary  # noqa: E402
 
@@ -113,12 +113,16 @@ def parse_args(argv=None):
     doc = __doc__.split("\n\n")
     ap = argparse.ArgumentParser(description=doc[0], epilog="\n\n".join(doc[1:]),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--small", default="experiments/l6.py:demo", help="config of the timing part (default: %(default)s)")
+    ap.add_argument("--small", default="experiments/l6.py:demo",
+                    help="config of the timing part (default: %(default)s)")
     ap.add_argument("--batch", type=int, default=None, help="batch of the timing part (default: the small config's)")
     ap.add_argument("--repeats", type=int, default=10, help="timed runs of each step (default: %(default)s)")
-    ap.add_argument("--config", default="experiments/l6.py", help="real-size config of the memory part (default: %(default)s)")
-    ap.add_argument("--devices", default="8,16,32", help=f"simulated mesh sizes, at most {MAX_DEVICES} (default: %(default)s)")
-    ap.add_argument("--global-batch", type=int, default=64, help="global batch of the memory part (default: %(default)s)")
+    ap.add_argument("--config", default="experiments/l6.py",
+                    help="real-size config of the memory part (default: %(default)s)")
+    ap.add_argument("--devices", default="8,16,32",
+                    help=f"simulated mesh sizes, at most {MAX_DEVICES} (default: %(default)s)")
+    ap.add_argument("--global-batch", type=int, default=64,
+                    help="global batch of the memory part (default: %(default)s)")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -135,7 +139,7 @@ def main(argv=None) -> int:
         raise ValueError(f"--repeats: expected >= 1, got {args.repeats}")
     result = {}
     if not args.skip_timing:
-        small = aot.load_experiment(args.small)
+        small = train_config.load(args.small)
         batch = args.batch or int(small.batch_size)
         t = time_steps(small, batch, args.repeats, jax.devices()[:1])
         result["timing"] = dict(t, config=args.small, batch=batch, device=str(jax.devices()[0].device_kind))
@@ -145,14 +149,15 @@ def main(argv=None) -> int:
         print(f"  fused KD step     {kd['median_s'] * 1e3:9.1f} ms   XLA {kd['xla_flops'] / 1e9:9.2f} GFLOP")
         print(f"  plain student step{plain['median_s'] * 1e3:9.1f} ms   XLA {plain['xla_flops'] / 1e9:9.2f} GFLOP")
         print(f"  ratio KD / plain: time {kd['median_s'] / plain['median_s']:.2f}x, XLA FLOPs "
-              f"{kd['xla_flops'] / plain['xla_flops']:.2f}x (matmuls alone {kd['matmul_flops'] / plain['matmul_flops']:.2f}x)")
+              f"{kd['xla_flops'] / plain['xla_flops']:.2f}x "
+              f"(matmuls alone {kd['matmul_flops'] / plain['matmul_flops']:.2f}x)")
     if not args.skip_memory:
-        config = aot.load_experiment(args.config)
+        config = train_config.load(args.config)
         mem = real_size_memory(config, counts, args.global_batch)
         result["memory"] = {"config": args.config, "global_batch": args.global_batch, "remat": bool(config.remat),
                             "per_device": {str(k): v for k, v in mem.items()}}
-        print(f"\nreal-size fused KD step ({args.config}, global batch {args.global_batch}, remat {bool(config.remat)}), "
-              "compiled per-device memory (GiB):")
+        print(f"\nreal-size fused KD step ({args.config}, global batch {args.global_batch}, "
+              f"remat {bool(config.remat)}), compiled per-device memory (GiB):")
         print(f"  {'devices':>7} {'argument':>9} {'output':>7} {'temp':>7} {'code':>6} {'alias':>7} {'total':>7}")
         for n, m in mem.items():
             print(f"  {n:>7} {m['argument'] / GiB:9.2f} {m['output'] / GiB:7.2f} {m['temp'] / GiB:7.2f} "

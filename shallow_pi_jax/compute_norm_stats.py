@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import logging
 import pathlib
@@ -26,6 +25,7 @@ import pathlib
 from shallow_pi_jax.data import compute_stats  # noqa: E402
 from shallow_pi_jax.data import norm_stats as _ns  # noqa: E402
 from shallow_pi_jax.data.config import DataConfig, DatasetSpec  # noqa: E402
+from shallow_pi_jax.training import config as train_config
 
 
 def bool_mask(text: str) -> tuple[bool, ...]:
@@ -35,20 +35,6 @@ def bool_mask(text: str) -> tuple[bool, ...]:
         n = int(part)
         out.extend([n > 0] * abs(n))
     return tuple(out)
-
-
-def load_config(spec: str):
-    """`path.py[:arg]` → get_config(arg), big_vision style; returns its .data (or itself)."""
-    path, _, arg = spec.partition(":")
-    if not pathlib.Path(path).exists():
-        raise ValueError(f"--config: file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location("_experiment_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"--config: {path} has no get_config(arg) function")
-    config = module.get_config(arg) if arg else module.get_config()
-    return config.data if "data" in config else config
 
 
 def parse_args(argv=None):
@@ -86,7 +72,8 @@ def jobs(args) -> list[tuple[DataConfig, tuple[DatasetSpec, ...], str]]:
                          delta_action_mask=args.delta_action_mask, skip_bad_episodes=args.skip_bad_episodes,
                          process_index=0, process_count=1)
         return [(cfg, (spec,), args.out)]
-    cfg = DataConfig.from_any(load_config(args.config))
+    config = train_config.load(args.config)
+    cfg = DataConfig.from_any(config.data if "data" in config else config)
     cfg = dataclasses.replace(cfg, process_index=0, process_count=1,
                               skip_bad_episodes=cfg.skip_bad_episodes or args.skip_bad_episodes)
     own = [s for s in cfg.datasets if s.norm_stats]

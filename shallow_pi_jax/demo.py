@@ -80,7 +80,7 @@ def demo_teacher(config) -> pathlib.Path:
     if not (built / policy_dir.PARAMS).exists():
         print(f"no demo teacher for this architecture; training it once into {built} (plain flow matching)")
         # The architecture (π0 or π0.5 included) and the data transforms both come from config.model.
-        tc = train_config.teacher_config("demo")
+        tc = train_config.teacher_config("size=demo")
         tc.model = ml_collections.ConfigDict(dict(config.model))
         train_config.match_data_to_model(tc.data, tc.model)
         loop.run(resolve(tc), built / "run")

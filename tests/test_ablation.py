@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from shallow_pi_jax.ablation import report
 from shallow_pi_jax.ablation import run as ablation
 from shallow_pi_jax.eval.closed_loop import wilson_interval
 from shallow_pi_jax.training.config import demo_model
@@ -73,7 +74,7 @@ def test_summary_pools_seeds_with_a_wilson_interval_and_writes_the_report(tmp_pa
     for i, r in enumerate([fake_result(6, "full", 0, 30), fake_result(6, "full", 1, 20),
                            fake_result(18, "teacher", 0, 35), fake_result(6, "kd", 0, 10)]):
         (tmp_path / "results" / f"{i}.json").write_text(json.dumps(r))
-    obj = ablation.report(tmp_path)
+    obj = report.report(tmp_path)
     rows = {(r["depth"], r["arm"]): r for r in obj["rows"]}
     assert [(r["depth"], r["arm"]) for r in obj["rows"]] == [(18, "teacher"), (6, "kd"), (6, "full")]
     full = rows[(6, "full")]

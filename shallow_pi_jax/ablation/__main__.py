@@ -40,15 +40,17 @@ def parse(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output directory (resumable)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke budget: tiny 32 px model, random-init teacher, arms untrained,full × 1 seed × 10 steps, 20 episodes "
-                        "(explicit options still win)")
+                   help="smoke budget: tiny 32 px model, random-init teacher, arms untrained,full × 1 seed × "
+                        "10 steps, 20 episodes (explicit options still win)")
     p.add_argument("--arms", default=None, help=f"comma-separated arms (default: all of {','.join(ablation.ARMS)})")
     p.add_argument("--depths", default=None, help="student depths (default: 6)")
     p.add_argument("--seeds", default=None, help="training seeds (default: 0,1,2)")
     p.add_argument("--steps", type=int, default=None, help="training steps per arm (default: 300)")
     p.add_argument("--teacher", default="", help="teacher checkpoint dir (params/, model_config.json, "
                    "assets/norm_stats.json); default: train one under --out")
-    p.add_argument("--teacher-steps", type=int, default=None, help="steps when training the teacher (default: 3000, the bundled teacher's recipe, ~25 min on 2 cores; 0 = random init, for smoke tests)")
+    p.add_argument("--teacher-steps", type=int, default=None,
+                   help="steps when training the teacher (default: 3000, the bundled teacher's recipe, "
+                        "~25 min on 2 cores; 0 = random init, for smoke tests)")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes per model (default: 200)")
     p.add_argument("--eval-seed", type=int, default=100_000, help="first evaluation reset seed (default: 100000)")
     p.add_argument("--replan-every", type=int, default=5, help="actions executed per chunk (default: 5)")
@@ -79,7 +81,8 @@ def build_config(args, overrides) -> ablation.AblationConfig:
     return ablation.AblationConfig(
         out=args.out, arms=tuple(a.strip() for a in arms.split(",") if a.strip()),
         depths=_ints(pick("depths", "6")), seeds=_ints(pick("seeds", "0,1,2")), steps=pick("steps", d.steps),
-        teacher=args.teacher, teacher_steps=pick("teacher_steps", d.teacher_steps), episodes=pick("episodes", d.episodes),
+        teacher=args.teacher, teacher_steps=pick("teacher_steps", d.teacher_steps),
+        episodes=pick("episodes", d.episodes),
         eval_seed=args.eval_seed, replan_every=args.replan_every, num_envs=pick("num_envs", d.num_envs),
         tiny=args.quick, overrides=overrides, latency_reps=pick("latency_reps", d.latency_reps),
         keep_checkpoints=args.keep_checkpoints)

@@ -1,6 +1,6 @@
-"""The closed-loop distillation ablation on the bundled simulator (tools/run_ablation.py is the CLI).
+"""The closed-loop distillation ablation on the bundled simulator (`python -m shallow_pi_jax.ablation` is the CLI).
 
-Each arm is a set of config options of `train_config.distill_config` (or, for `untrained`, the
+Each arm is a `key=value` config arg of `train_config.distill_config` (or, for `untrained`, the
 uniform-map student evaluated without training). Every trained arm gets the same budget (steps,
 batch, schedule); every model is evaluated on the same evaluation episodes (plain-int reset seeds
 from `eval_seed`, never seen in training and never used to choose anything).
@@ -50,17 +50,17 @@ def write_json(path: pathlib.Path, obj) -> None:
     fileio.write_json(path, obj, sort_keys=True)
 
 
-# arm name → (options for train_config.distill_config, what it tests)
+# arm name → (config arg of train_config.distill_config, what it tests)
 ARMS = {
-    "task_only": ("task_only", "uniform init, task loss only"),
-    "kd": ("kd", "+ velocity KD"),
-    "full": ("full", "+ velocity KD + attention KD (middle layer): the Shallow-π recipe"),
-    "attn_initial": ("full,attn_initial", "full, attention KD at the initial layer"),
-    "attn_late": ("full,attn_late", "full, attention KD at a late layer"),
-    "attn_all": ("full,attn_all", "full, attention KD over all query tokens"),
-    "scratch": ("scratch", "random init, task loss (trained from scratch)"),
+    "task_only": ("loss=task_only", "uniform init, task loss only"),
+    "kd": ("loss=kd", "+ velocity KD"),
+    "full": ("loss=full", "+ velocity KD + attention KD (middle layer): the Shallow-π recipe"),
+    "attn_initial": ("loss=full,attn_layer=initial", "full, attention KD at the initial layer"),
+    "attn_late": ("loss=full,attn_layer=late", "full, attention KD at a late layer"),
+    "attn_all": ("loss=full,attn_queries=all", "full, attention KD over all query tokens"),
+    "scratch": ("init=scratch", "random init, task loss (trained from scratch)"),
     "untrained": (None, "uniform-map init, no training"),
-    "first": ("full,first", "first-L-layers init (the published code's bug), full losses"),
+    "first": ("loss=full,layer_map=first", "first-L-layers init (the published code's bug), full losses"),
 }
 DEFAULT_ARMS = tuple(ARMS)
 
@@ -143,7 +143,7 @@ def _budget(c, steps: int) -> None:
 
 
 def demo_opts(cfg: AblationConfig, *extra: str | None) -> str:
-    return ",".join(o for o in ("demo", "tiny" if cfg.tiny else None, *extra) if o)
+    return ",".join(o for o in ("size=tiny" if cfg.tiny else "size=demo", *extra) if o)
 
 
 def teacher_run_config(cfg: AblationConfig):
@@ -155,7 +155,7 @@ def teacher_run_config(cfg: AblationConfig):
 
 
 def arm_config(cfg: AblationConfig, arm: str, depth: int, seed: int, teacher_dir: pathlib.Path):
-    c = train_config.distill_config(depth, demo_opts(cfg, *ARMS[arm][0].split(",")))
+    c = train_config.distill_config(depth, demo_opts(cfg, ARMS[arm][0]))
     c.model = json.loads((teacher_dir / "model_config.json").read_text())
     train_config.match_data_to_model(c.data, c.model)  # the inputs the teacher was trained on
     c.teacher.params = str(teacher_dir / "params")
@@ -284,7 +284,8 @@ def run(cfg: AblationConfig, log: Callable[[str], None] = print, progress: bool 
             else:
                 wd = out / "runs" / f"L{depth}_{arm}_s{seed}"
                 log(f"training {label} ({cfg.steps} steps) in {wd}")
-                metrics, _ = loop.run(demo.resolve(arm_config(cfg, arm, depth, seed, teacher_dir)), wd, progress=progress)
+                c = demo.resolve(arm_config(cfg, arm, depth, seed, teacher_dir))
+                metrics, _ = loop.run(c, wd, progress=progress)
                 policy = demo_policy(wd / "student")
                 extra = {"train_steps": cfg.steps, "final_train_metrics": metrics, "train_seconds": time.time() - t0}
                 if not cfg.keep_checkpoints:

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import os
-import pathlib
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -110,19 +108,6 @@ def tpu_topology(name: str) -> Topology:
         kwargs["chips_per_host_bounds"] = tuple(dims + [1] * (3 - len(dims)))
     topo = topologies.get_topology_desc(platform="tpu", topology_name=name.strip(), **kwargs)
     return Topology(name.strip(), chip, tuple(topo.devices))
-
-
-def load_experiment(spec: str):
-    """'experiments/l6.py:tiny' → that file's get_config('tiny') (big_vision-style config path)."""
-
-    path, _, arg = spec.partition(":")
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise ValueError(f"config: no such file {path!r} (expected e.g. experiments/l6.py or experiments/l6.py:tiny)")
-    mod_spec = importlib.util.spec_from_file_location(p.stem, p)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return mod.get_config(arg or None)
 
 
 def parse_mesh(text: Optional[str], config) -> tuple[int, int]:

@@ -1,36 +1,106 @@
-"""Experiment configs as data. `experiments/*.py` call these builders from `get_config(arg)`.
+"""Experiment configs as data. `experiments/*.py` call these builders from `get_config(arg)`; `load`
+reads such a file.
 
-`arg` is a comma-separated list of options after the config path, big_vision style:
+`arg` (after the config path) is comma-separated `key=value`, big_vision style:
 
-    --config experiments/l6.py                    # π0.5, 18 → 6 layers, the paper's recipe
-    --config experiments/l6.py:demo               # embedded demo: tiny model, sim data, ~minutes on CPU
-    --config experiments/l6.py:pi0,kd             # π0 teacher, task + velocity KD only
+    --config experiments/l6.py                         # π0.5, 18 → 6 layers, the paper's recipe
+    --config experiments/l6.py:size=demo               # embedded demo: tiny model, sim data, ~minutes on CPU
+    --config experiments/l6.py:model=pi0,loss=kd       # π0 teacher, task + velocity KD only
+    --config experiments/l6.py:depth=4,attn_layer=late
 
-Options: demo, tiny (demo shrunk to 32×32 images and a few steps: a smoke test; give teacher.params),
-pi0 | pi05; losses: task_only, kd (task + velocity KD), full (default: + attention KD),
-attn_all (attention over all tokens); attention layer: attn_initial, attn_middle (default), attn_late;
-student init: scratch (random init, task loss: the from-scratch baseline), first (first-L layers map).
-Anything else can be set with `--config.x=y`.
+Keys (default first):
+    depth         student layers (int; the experiment file's default: l4 4, l6 6, l9 9)
+    model         pi05 | pi0
+    size          real | demo (tiny model, simulator data, bundled teacher) | tiny (demo shrunk to 32×32 images
+                  and a few steps: a smoke test)
+    loss          full (task + velocity KD + attention KD) | kd (task + velocity KD) | task_only
+    attn_layer    middle | initial | late: the layer whose attention is distilled
+    attn_queries  action | all: attention KD over the action-token queries or over every token
+    init          teacher | scratch (random init, and so task loss only: the from-scratch baseline)
+    layer_map     uniform | first | last: which teacher layers initialise the student
+experiments/teacher.py (plain training, no student) takes only model and size.
+
+Each value also has a bare short form (`demo`, `pi0`, `kd`, `attn_late`, `attn_all`, `scratch`, `first`, ...;
+see ALIASES), so `experiments/l6.py:demo,pi0` still works. Setting a key twice to different values is an
+error. Anything else can be set with `--config.x=y`.
 """
 from __future__ import annotations
+
+import importlib.util
+import pathlib
 
 import ml_collections
 
 from shallow_pi_jax.data.config import default_config as default_data_config
 from shallow_pi_jax.models.config import GemmaConfig, ModelConfig, SiglipConfig
 
-OPTIONS = ("demo", "tiny", "pi0", "pi05", "task_only", "kd", "full", "attn_all", "attn_initial", "attn_middle",
-           "attn_late", "scratch", "first")
+DEFAULTS = dict(model="pi05", size="real", loss="full", attn_layer="middle", attn_queries="action", init="teacher",
+                layer_map="uniform")
+VALUES = dict(model=("pi05", "pi0"), size=("real", "demo", "tiny"), loss=("task_only", "kd", "full"),
+              attn_layer=("initial", "middle", "late"), attn_queries=("action", "all"), init=("teacher", "scratch"),
+              layer_map=("uniform", "first", "last"))
+# The bare words of the older flag syntax, kept so that short commands like `l6.py:demo,pi0` still work.
+ALIASES = {"demo": ("size", "demo"), "tiny": ("size", "tiny"), "pi0": ("model", "pi0"), "pi05": ("model", "pi05"),
+           "task_only": ("loss", "task_only"), "kd": ("loss", "kd"), "full": ("loss", "full"),
+           "attn_initial": ("attn_layer", "initial"), "attn_middle": ("attn_layer", "middle"),
+           "attn_late": ("attn_layer", "late"), "attn_all": ("attn_queries", "all"), "scratch": ("init", "scratch"),
+           "first": ("layer_map", "first")}
+# The from-scratch baseline is trained on the task alone: distilling into a random init is not an arm we run,
+# so asking for it (init=scratch,loss=kd) is an error rather than silently dropping the KD terms.
+IMPLIED = {("init", "scratch"): ("loss", "task_only")}
 
 DEMO_CAMERAS = ("base_0_rgb", "left_wrist_0_rgb")
 
 
-def parse_arg(arg: str | None) -> set[str]:
-    opts = {a.strip() for a in (arg or "").split(",") if a.strip()}
-    unknown = opts - set(OPTIONS)
-    if unknown:
-        raise ValueError(f"config arg: unknown option(s) {sorted(unknown)}; known: {OPTIONS}")
-    return opts
+def parse_arg(arg: str | None, **defaults) -> dict:
+    """'loss=kd,depth=4' (or the short form 'kd') → `defaults` with those keys replaced.
+
+    The keys of `defaults` are the valid keys; an int default makes its key an int."""
+    given = {}  # key → (value, the item of `arg` that set it)
+
+    def put(key, value, item):
+        if key not in defaults:
+            raise ValueError(f"config arg: unknown key {key!r} (in {item!r}); valid keys: {', '.join(defaults)}")
+        if isinstance(defaults[key], int):
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"config arg: {key}={value!r} is not a positive integer")
+            value = int(value)
+        elif value not in VALUES[key]:
+            raise ValueError(f"config arg: {key}={value!r} is not one of {', '.join(VALUES[key])}")
+        if key in given and given[key][0] != value:
+            raise ValueError(f"config arg: {key} is set to both {given[key][0]!r} (by {given[key][1]!r}) "
+                             f"and {value!r} (by {item!r})")
+        given[key] = (value, item)
+
+    for item in (s.strip() for s in (arg or "").split(",")):
+        if not item:
+            continue
+        if "=" in item:
+            key, value = (s.strip() for s in item.split("=", 1))
+        elif item in ALIASES:
+            key, value = ALIASES[item]
+        else:
+            short = [a for a, (k, _) in ALIASES.items() if k in defaults]
+            raise ValueError(f"config arg: {item!r} is not key=value with a key in {', '.join(defaults)} "
+                             f"(nor a short form: {', '.join(short)})")
+        put(key, value, item)
+        if (key, value) in IMPLIED:
+            put(*IMPLIED[key, value], item)
+    return {**defaults, **{k: v for k, (v, _) in given.items()}}
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """'experiments/l6.py:demo' → that file's get_config('demo'); without ':', get_config()."""
+    path, _, arg = spec.partition(":")
+    if not pathlib.Path(path).is_file():
+        raise ValueError(f"config: no such file {path!r} (expected e.g. experiments/l6.py or experiments/l6.py:demo)")
+    # A config file is not a module of the package: it is run from its path, as ml_collections' --config does.
+    module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config: {path} has no get_config(arg) function")
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def demo_model(pi05: bool = True, depth: int = 18) -> ModelConfig:
@@ -47,10 +117,10 @@ def demo_model(pi05: bool = True, depth: int = 18) -> ModelConfig:
         image_size=(64, 64), dtype="float32")
 
 
-def base_config(opts: set[str], student_depth: int | None) -> ml_collections.ConfigDict:
-    """Everything except the method-specific choices; `student_depth=None` = plain training."""
-    pi05 = "pi0" not in opts
-    demo = "demo" in opts or "tiny" in opts
+def base_config(o: dict) -> ml_collections.ConfigDict:
+    """The config for parsed keys `o` (every key of DEFAULTS, and depth: None = the teacher's)."""
+    pi05 = o["model"] == "pi05"
+    demo = o["size"] in ("demo", "tiny")
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.workdir = ""  # set by --workdir
@@ -63,17 +133,17 @@ def base_config(opts: set[str], student_depth: int | None) -> ml_collections.Con
     c.teacher.dtype = "float32" if demo else "bfloat16"
 
     c.student = ml_collections.ConfigDict()
-    c.student.depth = student_depth or model.depth
-    c.student.layer_map = "first" if "first" in opts else "uniform"  # uniform | first | last | "0,3,7,..."
-    c.student.init = "scratch" if "scratch" in opts else "teacher"  # teacher | scratch
+    c.student.depth = o["depth"] or model.depth
+    c.student.layer_map = o["layer_map"]  # or, with --config.student.layer_map, explicit indices "0,3,7,..."
+    c.student.init = o["init"]
     c.student.freeze_vision = False
 
     c.loss = ml_collections.ConfigDict()
     c.loss.task = 1.0
-    c.loss.velocity_kd = 0.0 if ("task_only" in opts or "scratch" in opts) else 1.0
-    c.loss.attention_kd = 0.0 if ("task_only" in opts or "kd" in opts or "scratch" in opts) else 1.0
-    c.loss.attn_layer = "initial" if "attn_initial" in opts else "late" if "attn_late" in opts else "middle"
-    c.loss.attn_queries = "all" if "attn_all" in opts else "action"
+    c.loss.velocity_kd = 0.0 if o["loss"] == "task_only" else 1.0
+    c.loss.attention_kd = 1.0 if o["loss"] == "full" else 0.0
+    c.loss.attn_layer = o["attn_layer"]
+    c.loss.attn_queries = o["attn_queries"]
 
     c.optim = ml_collections.ConfigDict()
     if demo:
@@ -110,7 +180,7 @@ def base_config(opts: set[str], student_depth: int | None) -> ml_collections.Con
         # objects the actions are relative to and shifts the mid-grey table off 0. The teacher saw none.
         data.augment = False
     c.data = data
-    if "tiny" in opts:
+    if o["size"] == "tiny":
         apply_tiny(c)
     return c
 
@@ -136,16 +206,16 @@ def apply_tiny(c: ml_collections.ConfigDict) -> None:
 
 
 def distill_config(student_depth: int, arg: str | None = None) -> ml_collections.ConfigDict:
-    return base_config(parse_arg(arg), student_depth)
+    """`student_depth` is the experiment's default; `arg` may override it with depth=."""
+    return base_config(parse_arg(arg, depth=student_depth, **DEFAULTS))
 
 
 def teacher_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Plain flow-matching training of a full-depth model (used for the demo teacher)."""
-    opts = parse_arg(arg)
-    c = base_config(opts | {"task_only"}, None)
+    """Plain flow-matching training of a full-depth model (used for the demo teacher); keys: model, size."""
+    o = parse_arg(arg, model=DEFAULTS["model"], size=DEFAULTS["size"])
+    c = base_config({**DEFAULTS, **o, "depth": None, "loss": "task_only", "init": "scratch"})
     c.teacher.params = ""
-    c.student.init = "scratch"
-    if "demo" in opts and "tiny" not in opts:  # tiny keeps its smoke-test budget
+    if o["size"] == "demo":  # tiny keeps its smoke-test budget
         c.num_steps = 3000
         c.optim.update(peak_lr=1e-3, warmup_steps=100, decay_steps=3000, end_lr=5e-5)
         c.checkpoint_every = 500
