@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from shallow_pi_jax.models.params import init_params  # noqa: E402
-from shallow_pi_jax.perf import aot  # noqa: E402
+from shallow_pi_jax.perf import aot, costs  # noqa: E402
 from shallow_pi_jax.training import build, sharding  # noqa: E402
 from shallow_pi_jax.training import config as train_config  # noqa: E402
 from shallow_pi_jax.training import step as ts  # noqa: E402
@@ -79,9 +79,9 @@ def time_steps(config, batch_size: int, repeats: int, devices) -> dict:
     for kind in tqdm(("kd", "plain"), desc="compile", unit="step"):
         step, abstract, args = concrete_inputs(config, kind, mesh, batch_size)
         compiled = step.lower(*abstract).compile()
-        unrolled = aot.unroll_scans(step, *abstract)
-        xla = aot.xla_cost(aot.compile_timed(unrolled, abstract)[0])
-        out[kind] = {"xla_flops": xla["flops"], "matmul_flops": aot.matmul_flops(step, *abstract), "times_s": []}
+        unrolled = costs.unroll_scans(step, *abstract)
+        xla = costs.xla_cost(costs.compile_timed(unrolled, abstract)[0])
+        out[kind] = {"xla_flops": xla["flops"], "matmul_flops": costs.matmul_flops(step, *abstract), "times_s": []}
         runs[kind] = (compiled, args)
     for kind, (compiled, args) in runs.items():  # warm-up (first run allocates)
         args[0], metrics = compiled(*args)
@@ -103,7 +103,7 @@ def real_size_memory(config, device_counts, global_batch: int) -> dict:
     for n in tqdm(device_counts, desc="compile real size", unit="mesh"):
         mesh = sharding.make_mesh(int(c.mesh.data), int(c.mesh.fsdp), devices=jax.devices()[:n])
         step, args = aot.train_step_and_args(c, mesh, global_batch)
-        compiled, seconds = aot.compile_timed(step, args)
+        compiled, seconds = costs.compile_timed(step, args)
         out[n] = dict(memory_summary(compiled), compile_s=seconds, mesh=dict(mesh.shape))
         tqdm.write(f"{n} devices: total {out[n]['total'] / GiB:.2f} GiB per device (compiled in {seconds:.0f}s)")
     return out

@@ -23,19 +23,18 @@ import copy
 import dataclasses
 import os
 import re
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jcore
 
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.observation import dummy_observation
 from shallow_pi_jax.models.params import param_shapes
 from shallow_pi_jax.models.pi0 import Pi0
+from shallow_pi_jax.perf.costs import compile_timed, matmul_flops, unroll_scans, xla_cost
 from shallow_pi_jax.training import build, sharding
 from shallow_pi_jax.training.metrics import memory_summary
 
@@ -184,7 +183,8 @@ def inference_args(cfg: ModelConfig, device, batch_size: int = 1):
     dt = jnp.dtype(cfg.dtype)
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dt if jnp.issubdtype(x.dtype, jnp.floating)
                                                          else x.dtype, sharding=sh), param_shapes(cfg))
-    obs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), dummy_observation(cfg, batch_size))
+    obs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                       dummy_observation(cfg, batch_size))
     noise = jax.ShapeDtypeStruct((batch_size, cfg.action_horizon, cfg.action_dim), jnp.float32, sharding=sh)
     return params, obs, noise
 
@@ -195,91 +195,6 @@ def _with_model_depths(cfg: ModelConfig, depths: Mapping[str, int]) -> ModelConf
 
 
 # ----------------------------------------------------------------------------- compiling and costs
-
-def unroll_scans(fn: Callable, *args) -> Callable:
-    """`fn` (traced at `args`) with every scan fully unrolled, so XLA's cost analysis counts each iteration."""
-    closed = jax.make_jaxpr(fn)(*args)
-    out_tree = jax.tree.structure(jax.eval_shape(fn, *args))
-    unrolled = _unrolled_jaxpr(closed)
-
-    flat = jcore.jaxpr_as_fun(unrolled)
-
-    def run(*a):
-        return jax.tree.unflatten(out_tree, flat(*jax.tree.leaves(a)))
-    return run
-
-
-def _unrolled_jaxpr(j):
-    if isinstance(j, jcore.ClosedJaxpr):
-        return j.replace(jaxpr=_unrolled_jaxpr(j.jaxpr))
-    eqns = []
-    for e in j.eqns:
-        params = {k: _unrolled_param(v) for k, v in e.params.items()}
-        if e.primitive.name == "scan":
-            params["unroll"] = params["length"]
-        eqns.append(e.replace(params=params))
-    return j.replace(eqns=eqns)
-
-
-def _unrolled_param(v):
-    if isinstance(v, (jcore.Jaxpr, jcore.ClosedJaxpr)):
-        return _unrolled_jaxpr(v)
-    if isinstance(v, tuple) and v and all(isinstance(x, (jcore.Jaxpr, jcore.ClosedJaxpr)) for x in v):
-        return tuple(_unrolled_jaxpr(x) for x in v)  # cond branches
-    return v
-
-
-def matmul_flops(fn: Callable, *args) -> float:
-    """Global matmul + convolution FLOPs of one call, read from the jaxpr with loop trip counts.
-
-    An exact, compiler-independent count (elementwise ops excluded): a cross-check of XLA's count.
-    """
-    return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
-
-
-def _jaxpr_flops(j) -> float:
-    total = 0.0
-    for e in j.eqns:
-        name = e.primitive.name
-        if name == "dot_general":
-            (lc, _), (lb, _) = e.params["dimension_numbers"]
-            lhs, out = e.invars[0].aval.shape, e.outvars[0].aval.shape
-            total += 2.0 * float(np.prod(out, dtype=np.float64)) * float(np.prod([lhs[a] for a in lc], dtype=np.float64))
-        elif name == "conv_general_dilated":
-            rhs, out = e.invars[1].aval.shape, e.outvars[0].aval.shape
-            dn = e.params["dimension_numbers"]
-            k_in = rhs[dn.rhs_spec[1]]
-            k_spatial = float(np.prod([rhs[a] for a in dn.rhs_spec[2:]], dtype=np.float64))
-            total += 2.0 * float(np.prod(out, dtype=np.float64)) * k_in * k_spatial
-        reps = e.params.get("length", 1) if name == "scan" else 1
-        subs = [v for v in e.params.values() if isinstance(v, (jcore.Jaxpr, jcore.ClosedJaxpr))]
-        if name == "cond":
-            subs = [max(e.params["branches"], key=lambda b: _jaxpr_flops(b.jaxpr))]
-        for sub in subs:
-            total += reps * _jaxpr_flops(sub.jaxpr if isinstance(sub, jcore.ClosedJaxpr) else sub)
-    return total
-
-
-def compile_timed(fn, args):
-    """(compiled executable, seconds) of `fn` (jitted or not) lowered at abstract `args`."""
-    t0 = time.time()
-    f = fn if hasattr(fn, "lower") else jax.jit(fn)
-    compiled = f.lower(*args).compile()
-    return compiled, time.time() - t0
-
-
-def xla_cost(compiled) -> dict[str, float]:
-    """Per-device FLOPs and XLA's estimated seconds (`optimal_seconds`) of a compiled executable."""
-    ca = compiled.cost_analysis()
-    if isinstance(ca, (list, tuple)):  # older jax: one dict per device
-        ca = ca[0]
-    ca = ca or {}
-    seconds = float(ca.get("optimal_seconds", float("nan")))
-    # libtpu (0.0.42) returns a negative `optimal_seconds` for some programs (seen where buffers are
-    # placed in on-chip memory, e.g. the real-size remat step: -108.9); that is no estimate at all.
-    return {"flops": float(ca.get("flops", float("nan"))), "seconds": seconds if seconds >= 0 else float("nan"),
-            "raw_optimal_seconds": seconds}
-
 
 def extrapolated_cost(make: Callable[[Mapping[str, int]], tuple], depths: Mapping[str, int],
                       base: Mapping[str, int], cache: Optional[dict] = None) -> dict[str, Any]:
@@ -424,7 +339,8 @@ def format_report(r: Report) -> list[str]:
                   f"  XLA estimated step time: {r.seconds * 1e3:.2f} ms -> {r.samples_per_s:.1f} samples/s, "
                   f"MFU {100 * r.mfu:.1f}% of {r.chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16"]
     else:
-        lines.append(f"  matmul FLOPs per chip per step: {_flops(r.matmul_flops)} (no XLA time estimate: --no-estimate)")
+        lines.append(f"  matmul FLOPs per chip per step: {_flops(r.matmul_flops)} "
+                     "(no XLA time estimate: --no-estimate)")
     return lines
 
 

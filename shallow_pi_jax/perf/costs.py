@@ -5,20 +5,24 @@
 
 XLA's HloCostAnalysis counts the body of a while loop once, whatever its trip count, and the model
 scans over layers (and sampling scans over Euler steps), so `jit(f).lower(...).compile()
-.cost_analysis()` of the model as written under-counts by ~depth×steps. `unroll_scans(f)` re-emits
-f's jaxpr with every `scan` written out iteration by iteration; XLA then sees straight-line code
-and its count is the real one. Nothing runs: the functions are only lowered and compiled, with
-ShapeDtypeStruct params.
+.cost_analysis()` of the model as written under-counts by ~depth×steps. `unroll_scans(f, *args)`
+re-emits f's jaxpr with every `scan` fully unrolled; XLA then sees straight-line code and its count
+is the real one. `matmul_flops` counts matmuls and convolutions from the jaxpr itself (trip counts
+included): an exact, compiler-independent cross-check. Nothing runs: the functions are only
+lowered and compiled, with ShapeDtypeStruct params. The one cost counter of the project: the TPU
+AOT report (perf/aot.py) and the benchmarks use it too.
 """
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend import core as jcore
 
 from shallow_pi_jax.models import masks
@@ -28,70 +32,91 @@ from shallow_pi_jax.models.observation import dummy_observation
 from shallow_pi_jax.models.params import param_shapes
 from shallow_pi_jax.models.pi0 import CameraSkippingPi0, Pi0
 
-# Primitives that wrap a single sub-jaxpr called once with the eqn's inputs.
-_CALLS = ("pjit", "jit", "closed_call", "core_call", "remat", "checkpoint", "custom_jvp_call",
-          "custom_vjp_call", "custom_vjp_call_jaxpr")
+
+def unroll_scans(fn: Callable, *args) -> Callable:
+    """`fn` (traced at `args`) with every scan fully unrolled, so XLA's cost analysis counts each iteration."""
+    closed = jax.make_jaxpr(fn)(*args)
+    out_tree = jax.tree.structure(jax.eval_shape(fn, *args))
+    unrolled = _unrolled_jaxpr(closed)
+
+    flat = jcore.jaxpr_as_fun(unrolled)
+
+    def run(*a):
+        return jax.tree.unflatten(out_tree, flat(*jax.tree.leaves(a)))
+    return run
 
 
-def _eval_jaxpr(jaxpr, consts, args):
-    env = {}
-
-    def read(v):
-        return v.val if isinstance(v, jcore.Literal) else env[v]
-
-    for v, x in zip(jaxpr.constvars, consts):
-        env[v] = x
-    for v, x in zip(jaxpr.invars, args):
-        env[v] = x
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        name = eqn.primitive.name
-        if name == "scan":
-            outs = _unrolled_scan(eqn.params, invals)
-        elif name in _CALLS:
-            sub = next(eqn.params[k] for k in ("jaxpr", "call_jaxpr", "fun_jaxpr") if k in eqn.params)
-            outs = _eval_closed(sub, invals)
-        elif name == "while":
-            raise ValueError("unroll_scans: a while loop has no static trip count; its cost would be counted once")
-        else:
-            outs = eqn.primitive.bind(*invals, **eqn.params)
-            if not eqn.primitive.multiple_results:
-                outs = [outs]
-        for v, x in zip(eqn.outvars, outs):
-            if not isinstance(v, jcore.DropVar):
-                env[v] = x
-    return [read(v) for v in jaxpr.outvars]
+def _unrolled_jaxpr(j):
+    if isinstance(j, jcore.ClosedJaxpr):
+        return j.replace(jaxpr=_unrolled_jaxpr(j.jaxpr))
+    eqns = []
+    for e in j.eqns:
+        params = {k: _unrolled_param(v) for k, v in e.params.items()}
+        if e.primitive.name == "scan":
+            params["unroll"] = params["length"]
+        eqns.append(e.replace(params=params))
+    return j.replace(eqns=eqns)
 
 
-def _eval_closed(closed, args):
-    if isinstance(closed, jcore.ClosedJaxpr):
-        return _eval_jaxpr(closed.jaxpr, closed.consts, args)
-    return _eval_jaxpr(closed, (), args)
+def _unrolled_param(v):
+    if isinstance(v, (jcore.Jaxpr, jcore.ClosedJaxpr)):
+        return _unrolled_jaxpr(v)
+    if isinstance(v, tuple) and v and all(isinstance(x, (jcore.Jaxpr, jcore.ClosedJaxpr)) for x in v):
+        return tuple(_unrolled_jaxpr(x) for x in v)  # cond branches
+    return v
 
 
-def _unrolled_scan(params, invals):
-    n_consts, n_carry, length = params["num_consts"], params["num_carry"], params["length"]
-    consts, carry, xs = invals[:n_consts], invals[n_consts:n_consts + n_carry], invals[n_consts + n_carry:]
-    steps = range(length - 1, -1, -1) if params["reverse"] else range(length)
-    ys = []
-    for i in steps:
-        outs = _eval_closed(params["jaxpr"], [*consts, *carry, *(x[i] for x in xs)])
-        carry, y = outs[:n_carry], outs[n_carry:]
-        ys.append(y)
-    if params["reverse"]:
-        ys = ys[::-1]
-    stacked = [jnp.stack([y[j] for y in ys]) for j in range(len(ys[0]))] if ys and ys[0] else []
-    return [*carry, *stacked]
+def matmul_flops(fn: Callable, *args) -> float:
+    """Global matmul + convolution FLOPs of one call, read from the jaxpr with loop trip counts.
+
+    An exact, compiler-independent count (elementwise ops excluded): a cross-check of XLA's count.
+    """
+    return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
-def unroll_scans(fun: Callable) -> Callable:
-    """`fun` with every lax.scan (flax nn.scan included) written out; same inputs and outputs."""
-    def unrolled(*args):
-        closed, out_shape = jax.make_jaxpr(fun, return_shape=True)(*args)
-        flat = jax.tree.leaves(args)
-        outs = _eval_jaxpr(closed.jaxpr, closed.consts, flat)
-        return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
-    return unrolled
+def _jaxpr_flops(j) -> float:
+    total = 0.0
+    for e in j.eqns:
+        name = e.primitive.name
+        if name == "dot_general":
+            (lc, _), (lb, _) = e.params["dimension_numbers"]
+            lhs, out = e.invars[0].aval.shape, e.outvars[0].aval.shape
+            contracted = float(np.prod([lhs[a] for a in lc], dtype=np.float64))
+            total += 2.0 * float(np.prod(out, dtype=np.float64)) * contracted
+        elif name == "conv_general_dilated":
+            rhs, out = e.invars[1].aval.shape, e.outvars[0].aval.shape
+            dn = e.params["dimension_numbers"]
+            k_in = rhs[dn.rhs_spec[1]]
+            k_spatial = float(np.prod([rhs[a] for a in dn.rhs_spec[2:]], dtype=np.float64))
+            total += 2.0 * float(np.prod(out, dtype=np.float64)) * k_in * k_spatial
+        reps = e.params.get("length", 1) if name == "scan" else 1
+        subs = [v for v in e.params.values() if isinstance(v, (jcore.Jaxpr, jcore.ClosedJaxpr))]
+        if name == "cond":
+            subs = [max(e.params["branches"], key=lambda b: _jaxpr_flops(b.jaxpr))]
+        for sub in subs:
+            total += reps * _jaxpr_flops(sub.jaxpr if isinstance(sub, jcore.ClosedJaxpr) else sub)
+    return total
+
+
+def compile_timed(fn, args):
+    """(compiled executable, seconds) of `fn` (jitted or not) lowered at abstract `args`."""
+    t0 = time.time()
+    f = fn if hasattr(fn, "lower") else jax.jit(fn)
+    compiled = f.lower(*args).compile()
+    return compiled, time.time() - t0
+
+
+def xla_cost(compiled) -> dict[str, float]:
+    """Per-device FLOPs and XLA's estimated seconds (`optimal_seconds`) of a compiled executable."""
+    ca = compiled.cost_analysis()
+    if isinstance(ca, (list, tuple)):  # older jax: one dict per device
+        ca = ca[0]
+    ca = ca or {}
+    seconds = float(ca.get("optimal_seconds", float("nan")))
+    # libtpu (0.0.42) returns a negative `optimal_seconds` for some programs (seen where buffers are
+    # placed in on-chip memory, e.g. the real-size remat step: -108.9); that is no estimate at all.
+    return {"flops": float(ca.get("flops", float("nan"))), "seconds": seconds if seconds >= 0 else float("nan"),
+            "raw_optimal_seconds": seconds}
 
 
 def xla_flops(fun: Callable, *abstract_args, unroll: bool = True, compiled: bool = True) -> float:
@@ -100,7 +125,7 @@ def xla_flops(fun: Callable, *abstract_args, unroll: bool = True, compiled: bool
     `compiled=False` analyses the lowered, unoptimised HLO instead: no XLA compilation (minutes at
     real sizes on a small CPU), about 1 % different (fusion drops or adds a few elementwise ops).
     """
-    f = unroll_scans(fun) if unroll else fun
+    f = unroll_scans(fun, *abstract_args) if unroll else fun
     lowered = jax.jit(f).lower(*abstract_args)
     analysis = lowered.compile().cost_analysis() if compiled else lowered.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older jax returns one dict per device

@@ -32,7 +32,7 @@ def test_unrolled_scan_counts_every_iteration_and_computes_the_same():
     assert abs(unrolled - 10 * one_matmul) / (10 * one_matmul) < 0.02
     rng = np.random.default_rng(0)
     a, b = (jnp.asarray(rng.normal(size=(64, 64)) / 8, jnp.float32) for _ in range(2))
-    want, got = _scan_matmuls(a, b), costs.unroll_scans(_scan_matmuls)(a, b)
+    want, got = _scan_matmuls(a, b), costs.unroll_scans(_scan_matmuls, a, b)(a, b)
     np.testing.assert_allclose(got[0], want[0], atol=1e-5)
     np.testing.assert_allclose(got[1], want[1], atol=1e-4)
 
@@ -42,7 +42,7 @@ def test_reverse_scan_and_stacked_outputs():
         return jax.lax.scan(lambda c, x: (c + x, c * x), jnp.zeros(3), xs, reverse=True)
 
     xs = jnp.arange(12.0).reshape(4, 3)
-    for w, g in zip(f(xs), costs.unroll_scans(f)(xs)):
+    for w, g in zip(f(xs), costs.unroll_scans(f, xs)(xs)):
         np.testing.assert_array_equal(w, g)
 
 
@@ -58,10 +58,11 @@ def test_split_is_consistent(tiny_flops):
     # Same prefix / vision whatever the number of steps; denoising is linear in the steps.
     assert two.vision == four.vision and two.prefix == four.prefix
     assert abs(four.denoise - 2 * two.denoise) / four.denoise < 0.01
-    # sample_actions in one piece agrees, less the last layer's unused prefix work XLA removes there.
+    # sample_actions in one piece agrees with the sum of its parts. Scans are unrolled inside their loop
+    # (unroll = trip count), as the model runs, so XLA cannot drop the last layer's unused prefix work
+    # in the whole program either; what remains is fusion noise, well under one layer's prefix work.
     for f_ in (two, four):
-        # (all of that layer but its key/value projections, which the cache needs).
-        assert 0.5 * f_.prefix / cfg.depth < f_.total - f_.whole < f_.prefix / cfg.depth
+        assert abs(f_.total - f_.whole) < 0.05 * f_.prefix / cfg.depth
     assert min(two.vision, two.prefix, two.denoise) > 0
     # Vision is per camera: two of three cameras cost two thirds.
     two_cams = costs.vision_flops(cfg, cfg.image_keys[:2], compiled=False)

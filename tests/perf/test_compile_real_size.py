@@ -3,14 +3,17 @@ mesh, from abstract inputs only (no weights allocated, nothing executed)."""
 import pathlib
 
 import jax
+import pytest
 
 from shallow_pi_jax.training import build, sharding
 from shallow_pi_jax.training import config as train_config
 from shallow_pi_jax.training.metrics import memory_summary
 
+pytestmark = pytest.mark.slow
+
 
 def test_real_size_l6_step_compiles_on_8_devices():
-    config = train_config.load(str(pathlib.Path(__file__).parents[1] / "experiments" / "l6.py"))
+    config = train_config.load(str(pathlib.Path(__file__).parents[2] / "experiments" / "l6.py"))
     config.teacher.params = "/nonexistent/teacher/params"  # only its shapes are used
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     assert mesh.devices.size == 8

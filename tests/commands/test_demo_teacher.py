@@ -2,10 +2,14 @@
 architecture is exactly the config's, else a cached one of that architecture."""
 import json
 
+import pytest
+
 from shallow_pi_jax import demo
 from shallow_pi_jax.eval.closed_loop import evaluate
 from shallow_pi_jax.serve.policy import load_policy
 from shallow_pi_jax.training import config as train_config
+
+pytestmark = pytest.mark.slow
 
 
 def test_shipped_teacher_only_for_its_own_architecture(tmp_path, monkeypatch):

@@ -23,7 +23,9 @@ from shallow_pi_jax.training import config as train_config
 from shallow_pi_jax.training import loop
 from shallow_pi_jax.training.checkpoints import RunCheckpoints
 
-REPO = pathlib.Path(__file__).parents[1]
+pytestmark = pytest.mark.slow
+
+REPO = pathlib.Path(__file__).parents[2]
 
 
 @pytest.fixture(scope="module")

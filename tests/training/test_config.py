@@ -6,7 +6,7 @@ import pytest
 
 from shallow_pi_jax.training import config as train_config
 
-EXPERIMENTS = pathlib.Path(__file__).parents[1] / "experiments"
+EXPERIMENTS = pathlib.Path(__file__).parents[2] / "experiments"
 
 
 def l6(arg=""):

@@ -14,7 +14,9 @@ from shallow_pi_jax.ablation import run as ablation
 from shallow_pi_jax.eval.closed_loop import wilson_interval
 from shallow_pi_jax.training.config import demo_model
 
-REPO = pathlib.Path(__file__).parents[1]
+pytestmark = pytest.mark.slow
+
+REPO = pathlib.Path(__file__).parents[2]
 
 
 @pytest.fixture()

@@ -6,11 +6,13 @@ import pytest
 
 from shallow_pi_jax import bench_train
 from shallow_pi_jax.models.pi0 import Pi0
-from shallow_pi_jax.perf import aot
+from shallow_pi_jax.perf import aot, costs
 from shallow_pi_jax.training import build, sharding
 from shallow_pi_jax.training import config as train_config
 
-ROOT = pathlib.Path(__file__).parents[1]
+pytestmark = pytest.mark.slow
+
+ROOT = pathlib.Path(__file__).parents[2]
 
 
 def small_config():
@@ -25,12 +27,12 @@ def test_kd_step_costs_plain_step_plus_teacher_forward():
     """Matmul FLOPs: fused KD step = plain student step + one teacher forward (nothing else is added)."""
     config, batch = small_config(), 8
     mesh = sharding.make_mesh(1, -1, devices=jax.devices()[:1])
-    kd = aot.matmul_flops(*_step(config, "kd", mesh, batch))
-    plain = aot.matmul_flops(*_step(config, "plain", mesh, batch))
+    kd = costs.matmul_flops(*_step(config, "kd", mesh, batch))
+    plain = costs.matmul_flops(*_step(config, "plain", mesh, batch))
     spec = build.run_spec(aot.step_config(config, "kd"))
     _, (state, b, rng, teacher) = aot.train_step_and_args(aot.step_config(config, "kd"), mesh, batch)
     obs = {k: v for k, v in b.items() if k != "actions"}
-    t_fwd = aot.matmul_flops(
+    t_fwd = costs.matmul_flops(
         lambda p, o, x, t: Pi0(spec.teacher_cfg).apply({"params": p}, o, x, t, method=Pi0.velocity),
         teacher, obs, b["actions"], jax.ShapeDtypeStruct((batch,), b["actions"].dtype))
     assert kd == pytest.approx(plain + t_fwd, rel=1e-9)

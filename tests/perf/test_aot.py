@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from shallow_pi_jax.perf import aot
+from shallow_pi_jax.perf import aot, costs
 from shallow_pi_jax.training import config as train_config
 from shallow_pi_jax.training import sharding
 
-ROOT = pathlib.Path(__file__).parents[1]
+ROOT = pathlib.Path(__file__).parents[2]
 NO_LIBTPU = aot.libtpu_missing()
 needs_libtpu = pytest.mark.skipif(NO_LIBTPU is not None, reason=str(NO_LIBTPU))
 aot.quiet_libtpu_env()
@@ -34,16 +34,16 @@ def test_matmul_flops_counts_loop_trips_and_remat():
 
     x, w = jnp.ones((n, d)), jnp.ones((d, d))
     one = 2 * n * d * d
-    assert aot.matmul_flops(f, x, w) == length * one
+    assert costs.matmul_flops(f, x, w) == length * one
     # grad wrt w: forward, then per layer: recompute (remat), d/dc and d/dw.
-    assert aot.matmul_flops(jax.grad(f, argnums=1), x, w) == length * one + length * 3 * one
+    assert costs.matmul_flops(jax.grad(f, argnums=1), x, w) == length * one + length * 3 * one
 
 
 def test_matmul_flops_convolution():
     x = jnp.ones((2, 16, 16, 3))
     k = jnp.ones((4, 4, 3, 5))
     f = lambda x, k: jax.lax.conv_general_dilated(x, k, (4, 4), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    assert aot.matmul_flops(f, x, k) == 2 * (2 * 4 * 4 * 5) * (4 * 4 * 3)
+    assert costs.matmul_flops(f, x, k) == 2 * (2 * 4 * 4 * 5) * (4 * 4 * 3)
 
 
 def test_unroll_scans_same_result_no_loop():
@@ -52,7 +52,7 @@ def test_unroll_scans_same_result_no_loop():
 
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 5))
     w = jax.random.normal(jax.random.PRNGKey(1), (5, 5))
-    g = aot.unroll_scans(f, x, w)
+    g = costs.unroll_scans(f, x, w)
     np.testing.assert_allclose(np.asarray(g(x, w)[0]), np.asarray(f(x, w)[0]), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(g(x, w)[1]), np.asarray(f(x, w)[1]), rtol=1e-6)
     assert "while" in jax.jit(f).lower(x, w).as_text()
@@ -68,8 +68,8 @@ def test_extrapolated_cost_matches_full_unroll_on_cpu():
 
     est = aot.extrapolated_cost(make, {"layers": 7}, {"layers": 1})
     fn, args = make({"layers": 7})
-    full = aot.xla_cost(aot.compile_timed(aot.unroll_scans(fn, *args), args)[0])
-    looped = aot.xla_cost(aot.compile_timed(fn, args)[0])
+    full = costs.xla_cost(costs.compile_timed(costs.unroll_scans(fn, *args), args)[0])
+    looped = costs.xla_cost(costs.compile_timed(fn, args)[0])
     assert est["flops"] == pytest.approx(full["flops"], rel=1e-6)
     assert looped["flops"] < full["flops"] / 3  # the reason for all this: a loop body counted once
 
@@ -84,6 +84,7 @@ def test_bad_topology_and_mesh_names():
     assert aot.parse_mesh(None, l6("size=tiny")) == (1, -1)
 
 
+@pytest.mark.tpu
 @needs_libtpu
 def test_tiny_fused_step_compiles_for_v5e_2x2():
     topo = aot.tpu_topology("v5e:2x2")
