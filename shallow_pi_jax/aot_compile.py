@@ -2,11 +2,12 @@ r"""Pre-flight check for TPU pod slices: compile the real training step for a na
 any machine (no TPU, no weights, no data) and report per-chip memory, FLOPs and XLA's time estimate.
 
     pip install -e .[tpu]                      # libtpu pinned to our jax; its compiler runs on CPU hosts
-    python tools/aot_compile.py --config experiments/l6.py --topology v5e:4x4
-    python tools/aot_compile.py --config experiments/l6.py --topology v5e:2x4 --global-batch 64 --mesh data=1,fsdp=8
-    python tools/aot_compile.py --config experiments/l6.py --topology v4:2x2x2 --steps kd --no-estimate
-    python tools/aot_compile.py --config experiments/l6.py --inference --topology v5e:1x1   # teacher vs student
-    python tools/aot_compile.py --config experiments/l6.py:tiny --topology v5e:2x2        # seconds, a smoke test
+    python -m shallow_pi_jax.aot_compile --config experiments/l6.py --topology v5e:4x4
+    python -m shallow_pi_jax.aot_compile --config experiments/l6.py --topology v5e:2x4 --global-batch 64 \
+        --mesh data=1,fsdp=8
+    python -m shallow_pi_jax.aot_compile --config experiments/l6.py --topology v4:2x2x2 --steps kd --no-estimate
+    python -m shallow_pi_jax.aot_compile --config experiments/l6.py --inference --topology v5e:1x1  # teacher vs student
+    python -m shallow_pi_jax.aot_compile --config experiments/l6.py:tiny --topology v5e:2x2  # seconds, a smoke test
 
 For each step (the fused distillation step and the plain student step, built by the trainer's own
 code: same models, optimizer, mesh and shardings), prints per chip: argument / output / temporary /

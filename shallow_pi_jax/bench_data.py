@@ -1,7 +1,8 @@
 """Throughput of the full data pipeline (read → decode → resize → augment → tokenise → batch).
 
-    python tools/bench_data.py                       # synthetic LIBERO-layout RLDS, 256x256 JPEGs → 224
-    python tools/bench_data.py --data-dir /data/rlds --dataset libero_10_no_noops --norm-stats assets/ns.json \\
+    python -m shallow_pi_jax.bench_data                       # synthetic LIBERO-layout RLDS, 256x256 JPEGs → 224
+    python -m shallow_pi_jax.bench_data --data-dir /data/rlds --dataset libero_10_no_noops \\
+        --norm-stats assets/ns.json \\
         --tokenizer paligemma_tokenizer.model
 
 Without --data-dir it writes a synthetic dataset in the LIBERO RLDS layout (2 cameras, JPEG-encoded

@@ -1,8 +1,9 @@
 """CPU latency of teacher vs student: PyTorch eager and onnxruntime, side by side in one run.
 
-    python tools/bench_export.py                                  # small default size, 18 vs 6 layers
-    python tools/bench_export.py --size fixture --batch 1 --repeats 5
-    python tools/bench_export.py --width 256 --expert-width 128 --mlp-dim 1024 --prompt 48 --layers 0,3,7,10,14,17
+    python -m shallow_pi_jax.bench_export                                  # small default size, 18 vs 6 layers
+    python -m shallow_pi_jax.bench_export --size fixture --batch 1 --repeats 5
+    python -m shallow_pi_jax.bench_export --width 256 --expert-width 128 --mlp-dim 1024 --prompt 48 \\
+        --layers 0,3,7,10,14,17
 
 Random weights at the chosen size (latency does not depend on their values). Both models run in the
 same process, alternating teacher / student per repeat so machine load hits both alike; the table

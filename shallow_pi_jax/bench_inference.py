@@ -1,10 +1,10 @@
 r"""Teacher vs student inference cost: FLOPs (XLA cost analysis) split into vision / prefix /
 denoising, and measured latency, side by side with ratios.
 
-    python tools/bench_inference.py                       # π0.5 real sizes, L18 vs L6, 10 steps, 3 cameras
-    python tools/bench_inference.py --student-depth 4 --num-steps 5 --out bench.json
-    python tools/bench_inference.py --latency-size real --latency-dtype bfloat16   # on a GPU host
-    python tools/bench_inference.py --flops-size demo --latency-size demo          # seconds, any machine
+    python -m shallow_pi_jax.bench_inference                       # π0.5 real sizes, L18 vs L6, 10 steps, 3 cameras
+    python -m shallow_pi_jax.bench_inference --student-depth 4 --num-steps 5 --out bench.json
+    python -m shallow_pi_jax.bench_inference --latency-size real --latency-dtype bfloat16   # on a GPU host
+    python -m shallow_pi_jax.bench_inference --flops-size demo --latency-size demo          # seconds, any machine
 
 FLOPs need no weights (abstract params) and are counted with every layer/step scan unrolled, since
 XLA's cost analysis counts a loop body once. Two camera settings are reported: all 3 cameras, and

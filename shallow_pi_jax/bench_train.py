@@ -1,9 +1,9 @@
 r"""Training cost of distillation: the fused KD step against a plain student step, and the real-size
 step's compiled memory per device on 8 / 16 / 32-device meshes.
 
-    python tools/bench_train.py                                   # both parts, defaults below
-    python tools/bench_train.py --skip-memory --repeats 20        # only the side-by-side timing
-    python tools/bench_train.py --skip-timing --devices 8,16,32 --global-batch 64 --json bench_train.json
+    python -m shallow_pi_jax.bench_train                                   # both parts, defaults below
+    python -m shallow_pi_jax.bench_train --skip-memory --repeats 20        # only the side-by-side timing
+    python -m shallow_pi_jax.bench_train --skip-timing --devices 8,16,32 --global-batch 64 --json bench_train.json
 
 1. Timing, at one small size (--small, default experiments/l6.py:demo, batch 16, one CPU device):
    both steps are built by the trainer's code (same student, optimizer, batch), compiled, warmed up

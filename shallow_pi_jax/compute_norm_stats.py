@@ -3,11 +3,11 @@
 From an experiment config (uses its config.data: datasets, horizon, delta mask; writes to each
 dataset's `norm_stats` path, or to data.norm_stats_path for all datasets together):
 
-    python tools/compute_norm_stats.py --config my_experiment.py   # an experiment file with real data paths
+    python -m shallow_pi_jax.compute_norm_stats --config my_experiment.py   # an experiment file with real data paths
 
 Or explicitly:
 
-    python tools/compute_norm_stats.py --data-dir /data/rlds --dataset libero_10_no_noops \\
+    python -m shallow_pi_jax.compute_norm_stats --data-dir /data/rlds --dataset libero_10_no_noops \\
         --mapping libero --horizon 50 --out assets/libero/norm_stats.json
 
 `--mapping` is libero, droid, droid_velocity or a JSON file with a generic mapping

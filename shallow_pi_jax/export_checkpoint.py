@@ -1,6 +1,6 @@
 """Export the student of a training run, at any saved step, as an openpi checkpoint directory.
 
-    python tools/export_checkpoint.py --workdir runs/l6 [--step 20000] [--ema] --out exports/l6_20k
+    python -m shallow_pi_jax.export_checkpoint --workdir runs/l6 [--step 20000] [--ema] --out exports/l6_20k
 
 Writes OUT/params (openpi layout), OUT/model_config.json, OUT/layer_map.json (when distilled) and
 OUT/assets/norm_stats.json, taken from the run's config.json — the same layout the trainer writes

@@ -1,8 +1,9 @@
-"""Export a PyTorch policy directory (from tools/export_torch.py) to ONNX and check it with onnxruntime.
+"""Export a PyTorch policy directory (from shallow_pi_jax.export_torch) to ONNX and check it with onnxruntime.
 
-    python tools/export_onnx.py --torch DIR --out model.onnx                  # one graph, 10 steps unrolled
-    python tools/export_onnx.py --torch DIR --out model.onnx --mode split     # model_prefix.onnx + model_step.onnx
-    python tools/export_onnx.py --torch DIR --out model.onnx --num-steps 5 --verify-batch 2
+    python -m shallow_pi_jax.export_onnx --torch DIR --out model.onnx                  # one graph, 10 steps unrolled
+    python -m shallow_pi_jax.export_onnx --torch DIR --out model.onnx \\
+        --mode split  # model_prefix.onnx + model_step.onnx
+    python -m shallow_pi_jax.export_onnx --torch DIR --out model.onnx --num-steps 5 --verify-batch 2
 
 Graphs are float32, opset >= 17, dynamic batch; graphs over 2 GB keep their weights in one
 `<name>.onnx.data` file next to them. Unless --no-verify, onnxruntime runs the graph(s) on a random
@@ -24,7 +25,7 @@ from shallow_pi_jax.export.torch_model import load_pretrained
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--torch", required=True, help="directory written by tools/export_torch.py")
+    p.add_argument("--torch", required=True, help="directory written by shallow_pi_jax.export_torch")
     p.add_argument("--out", required=True, help="output .onnx path (split mode adds _prefix / _step)")
     p.add_argument("--mode", default="single", choices=("single", "split"),
                    help="single: one graph with the loop unrolled (default); split: prefix + step graphs")

@@ -1,7 +1,7 @@
 """Writes the demo dataset: scripted-expert episodes of the reach task as LIBERO-layout RLDS.
 
-    python tools/make_demo_dataset.py --data-dir /tmp/shallow_pi_demo
-    python tools/make_demo_dataset.py --data-dir /tmp/demo_small --num-episodes 50 --image-size 32
+    python -m shallow_pi_jax.make_demo_dataset --data-dir /tmp/shallow_pi_demo
+    python -m shallow_pi_jax.make_demo_dataset --data-dir /tmp/demo_small --num-episodes 50 --image-size 32
 
 Then read it with `tfds.builder("shallow_pi_demo", data_dir=DATA_DIR)` (or the data pipeline's
 "libero" mapping) and tokenize with DATA_DIR/tokenizer.model. The build is deterministic and

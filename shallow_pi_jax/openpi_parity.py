@@ -1,6 +1,6 @@
 """Check our Flax π0 / π0.5 against openpi's own outputs.
 
-    python tools/openpi_parity.py tests/fixtures/openpi_tiny/pi05 [--save-outputs OUT.npz]
+    python -m shallow_pi_jax.openpi_parity tests/fixtures/openpi_tiny/pi05 [--save-outputs OUT.npz]
 
 FIXTURE_DIR holds `config.json` (sizes), `params/` (an openpi orbax checkpoint) and `io.npz`
 (inputs, the noise and time openpi drew, and openpi's outputs). Prints max-abs errors and exits 1

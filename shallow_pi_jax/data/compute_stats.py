@@ -1,4 +1,4 @@
-"""Norm stats of RLDS datasets, on the data training sees (see tools/compute_norm_stats.py).
+"""Norm stats of RLDS datasets, on the data training sees (see shallow_pi_jax.compute_norm_stats).
 
 State: one row per frame. Actions: every row of every frame's action chunk (clamped at the episode
 end, after delta actions, after DROID's idle filter), exactly what openpi's compute_norm_stats feeds

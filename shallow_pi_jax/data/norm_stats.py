@@ -38,7 +38,7 @@ class NormStats:
     def sliced(self, dim: int, name: str = "stats") -> NormStats:
         if dim > self.dim:
             raise ValueError(f"norm stats '{name}': the data has {dim} dims but the stats only {self.dim}; "
-                             "recompute them with tools/compute_norm_stats.py")
+                             "recompute them with shallow_pi_jax.compute_norm_stats")
         cut = lambda a: None if a is None else a[..., :dim]  # noqa: E731
         return NormStats(cut(self.mean), cut(self.std), cut(self.q01), cut(self.q99))
 
@@ -84,7 +84,7 @@ def load(path: str | os.PathLike) -> dict[str, NormStats]:
         path = path / FILE_NAME
     if not path.exists():
         raise ValueError(f"norm_stats_path: file {str(path)!r} does not exist; "
-                         "create it with `python tools/compute_norm_stats.py`")
+                         "create it with `python -m shallow_pi_jax.compute_norm_stats`")
     data = json.loads(path.read_text())
     if "norm_stats" not in data:
         raise ValueError(f"{path}: expected a top-level 'norm_stats' key (openpi format), got {sorted(data)}")

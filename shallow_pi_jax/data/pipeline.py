@@ -78,7 +78,7 @@ def build_tf_dataset(cfg, train: bool = True) -> tuple[tf.data.Dataset, rlds.Epi
         path = cfg.norm_stats_for(spec)
         if path is None:
             raise ValueError(f"data.norm_stats_path: not set for dataset {spec.name!r}; compute it with "
-                             "`python tools/compute_norm_stats.py` and set data.norm_stats_path")
+                             "`python -m shallow_pi_jax.compute_norm_stats` and set data.norm_stats_path")
         streams.append(_frames(spec, cfg, train, shard, elog, _ns.load(path)))
     if len(streams) == 1:
         ds = streams[0]

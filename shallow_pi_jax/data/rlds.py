@@ -341,7 +341,7 @@ def chunk_and_normalize(spec: DatasetSpec, cfg: DataConfig, plan: FieldPlan, epi
         for what, s, dim in (("state", state_stats, plan.state_dim), ("actions", action_stats, plan.action_dim)):
             if dim is not None and dim > s.dim:
                 raise ValueError(f"dataset {spec.name!r}: norm stats {source!r} have {s.dim} dims for '{what}' "
-                                 f"but the data has {dim}; recompute them with tools/compute_norm_stats.py")
+                                 f"but the data has {dim}; recompute them with shallow_pi_jax.compute_norm_stats")
 
     def norm(x, s):
         if s is None:

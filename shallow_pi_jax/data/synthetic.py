@@ -1,6 +1,6 @@
 """Small synthetic RLDS datasets (LIBERO and DROID layouts) and a tiny sentencepiece model.
 
-Used by the tests and tools/bench_data.py; written offline with
+Used by the tests and shallow_pi_jax.bench_data; written offline with
 `tfds.dataset_builders.store_as_tfds_dataset`, read back with `tfds.builder(name, data_dir=...)`.
 """
 from __future__ import annotations

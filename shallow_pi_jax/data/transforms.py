@@ -199,7 +199,7 @@ def _spec_and_stats(cfg, dataset_index: int):
     spec = cfg.datasets[dataset_index]
     path = cfg.norm_stats_for(spec)
     if path is None:
-        raise ValueError("data.norm_stats_path: not set (compute it with tools/compute_norm_stats.py)")
+        raise ValueError("data.norm_stats_path: not set (compute it with shallow_pi_jax.compute_norm_stats)")
     return cfg, spec, _ns.load(path)
 
 

@@ -1,6 +1,6 @@
 """Numerical parity against openpi reference outputs (the `io.npz` + `params/` fixture layout).
 
-Used by `tools/openpi_parity.py` and by the tests: builds the model from the fixture's
+Used by `python -m shallow_pi_jax.openpi_parity` and by the tests: builds the model from the fixture's
 `config.json`, loads `params/`, replays the recorded inputs with the recorded noise and time, and
 reports max-abs errors against openpi's outputs.
 """

@@ -1,6 +1,6 @@
 """config.json of an exported PyTorch policy: the model sizes plus what deployment needs to know.
 
-Layout (all fields written by `tools/export_torch.py`):
+Layout (all fields written by `python -m shallow_pi_jax.export_torch`):
 
     {"format": "shallow_pi_jax.torch/1",
      "model": ModelConfig.to_dict(),           # every size; π0 vs π0.5; action dim / horizon
@@ -50,9 +50,9 @@ def read_export_config(path) -> tuple[ModelConfig, dict]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise ValueError(f"config: {str(path)!r} does not exist; "
-                         "expected the config.json written by tools/export_torch.py")
+                         "expected the config.json written by shallow_pi_jax.export_torch")
     d = json.loads(path.read_text())
     if d.get("format") != FORMAT or "model" not in d:
         raise ValueError(f"config: {str(path)!r} has format {d.get('format')!r}, expected {FORMAT!r} "
-                         "(openpi's own config.json lacks the sizes; re-export with tools/export_torch.py)")
+                         "(openpi's own config.json lacks the sizes; re-export with shallow_pi_jax.export_torch)")
     return ModelConfig.from_dict(d["model"]), d

@@ -169,7 +169,7 @@ def read_metadata(onnx_path) -> dict:
     for p in model.metadata_props:
         if p.key == METADATA_KEY:
             return json.loads(p.value)
-    raise ValueError(f"{onnx_path}: no {METADATA_KEY!r} metadata; was it written by tools/export_onnx.py?")
+    raise ValueError(f"{onnx_path}: no {METADATA_KEY!r} metadata; was it written by shallow_pi_jax.export_onnx?")
 
 
 @torch.no_grad()

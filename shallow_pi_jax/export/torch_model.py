@@ -1,7 +1,7 @@
 """PyTorch inference model of π0 / π0.5 at any size and depth, with openpi's PyTorch state-dict names.
 
 The module tree mirrors openpi's PyTorch port (`PI0Pytorch`) so that `state_dict()` has exactly its
-keys and shapes: a file written by `tools/export_torch.py` loads into openpi's port, and openpi's
+keys and shapes: a file written by `python -m shallow_pi_jax.export_torch` loads into openpi's port, and openpi's
 `model.safetensors` loads into this one. The math follows openpi's JAX model (not its PyTorch port,
 which builds the time embedding in float64), so outputs match the JAX teacher / student.
 

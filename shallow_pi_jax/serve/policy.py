@@ -5,7 +5,7 @@
                         "observation/state": state, "prompt": "put the bowl on the plate"})
     out["actions"]            # [horizon, robot action dim], unnormalised (openpi's Policy.infer reply)
 
-A checkpoint directory is either a student written by the trainer / tools/make_student.py
+A checkpoint directory is either a student written by the trainer / shallow_pi_jax.make_student
 (`params/`, `model_config.json`, `layer_map.json`, `assets/norm_stats.json`) or an openpi
 checkpoint (`params/`, `assets/<asset_id>/norm_stats.json`); for the latter the sizes are read
 from the param tree and the horizon / prompt length come from the env preset or overrides.

@@ -5,7 +5,7 @@
     obs = env.reset(seed=0)
     obs, reward, done, info = env.step(expert_action(env))
 
-See docs/sim.md; `python tools/make_demo_dataset.py --help` writes the demo RLDS dataset.
+See docs/sim.md; `python -m shallow_pi_jax.make_demo_dataset --help` writes the demo RLDS dataset.
 """
 from shallow_pi_jax.sim.env import ACTION_DIM, STATE_DIM, ReachConfig, ReachEnv, rollout
 from shallow_pi_jax.sim.expert import expert_action, expert_episode

@@ -9,7 +9,7 @@ action/time heads) is carried over unchanged: the student's depth only changes t
     lm = make_layer_map(teacher_depth(params), 6)             # [0, 3, 7, 10, 14, 17] for 18 layers
     student = student_params(params, lm)                      # works on numpy, jax and sharded arrays
 
-For checkpoints on disk use tools/make_student.py, which builds the student leaf by leaf.
+For checkpoints on disk use shallow_pi_jax.make_student, which builds the student leaf by leaf.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""tools/evaluate.py on held-out demo episodes, and tools/layer_similarity.py (tiny random checkpoints)."""
+"""shallow_pi_jax.evaluate on held-out demo episodes, and shallow_pi_jax.layer_similarity (tiny random checkpoints)."""
 import json
 import pathlib
 import subprocess

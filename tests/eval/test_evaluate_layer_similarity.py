@@ -1,4 +1,4 @@
-"""tools/layer_similarity.py: the layer-by-layer pass is the model's, and an identity layer scores 1."""
+"""eval/layer_similarity: the layer-by-layer pass is the model's, and an identity layer scores 1."""
 
 import jax
 import jax.numpy as jnp

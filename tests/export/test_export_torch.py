@@ -236,7 +236,7 @@ def test_export_torch_cli(tmp_path):
 
     fx = ROOT / "tests/fixtures/openpi_tiny/pi05"
     cfg, flat, io, obs = load_fixture(fx)
-    # a student checkpoint laid out like tools/make_student.py writes it
+    # a student checkpoint laid out like python -m shallow_pi_jax.make_student writes it
     ckpt = tmp_path / "student"
     openpi_params.save_params(openpi_params.unflatten_params(student(fx)[1]), ckpt / "params")
     (ckpt / "layer_map.json").write_text(json.dumps({"teacher_depth": 18, "student_depth": 6,

@@ -1,4 +1,4 @@
-"""tools/bench_train.py: the fused KD step against the plain student step, on a 2-layer teacher."""
+"""shallow_pi_jax.bench_train: the fused KD step against the plain student step, on a 2-layer teacher."""
 import pathlib
 
 import jax
