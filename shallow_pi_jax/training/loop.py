@@ -47,6 +47,9 @@ def run(config, workdir, *, max_steps: int | None = None, progress: bool = True)
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
+        what = f"distilling into {config.student.depth} layers" if config.teacher.params else "training"
+        print(f"{what}: {config.num_steps} steps, batch {config.batch_size}; run directory {workdir} "
+              "(config.json, checkpoints/, tensorboard/, student/ at the end)")
 
     spec = build.run_spec(config)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
