@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import pathlib
 import sys
-import tempfile
 
 from tqdm import tqdm
 
+from shallow_pi_jax import fileio
 from shallow_pi_jax.perf import aot  # noqa: E402  (imports jax lazily enough for the env below)
 from shallow_pi_jax.training import build, sharding
 from shallow_pi_jax.training import config as train_config
@@ -108,11 +106,8 @@ def main(argv=None) -> int:
         print(f"teacher / student: FLOPs {t.flops / s.flops:.2f}x, XLA estimated latency "
               f"{t.seconds * 1e3:.2f} ms / {s.seconds * 1e3:.2f} ms = {t.seconds / s.seconds:.2f}x")
     if args.json:
-        out = pathlib.Path(args.json)
-        with tempfile.NamedTemporaryFile("w", dir=out.parent or ".", delete=False, suffix=".tmp") as f:
-            json.dump({"config": args.config, "topology": args.topology, "remat": bool(config.remat),
-                       "reports": [r.to_dict() for r in reports]}, f, indent=1, default=str)
-        pathlib.Path(f.name).replace(out)
+        fileio.write_json(args.json, {"config": args.config, "topology": args.topology, "remat": bool(config.remat),
+                                      "reports": [r.to_dict() for r in reports]}, default=str)
     unfit = [r for r in reports if not r.fits]
     for r in unfit:
         print("error: " + aot.fit_advice(r), file=sys.stderr)

@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import pathlib
 import sys
-import tempfile
 import time
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
+from shallow_pi_jax import fileio
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.observation import dummy_observation
 from shallow_pi_jax.perf import costs
@@ -161,14 +159,6 @@ def format_table(r: dict) -> str:
     return "".join(lines)
 
 
-def _write_json(path: pathlib.Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pi0", action="store_true", help="π0 instead of π0.5")
@@ -201,7 +191,7 @@ def main(argv=None) -> int:
     result = run(args)
     print(format_table(result))
     if args.out:
-        _write_json(args.out, result)
+        fileio.write_json(args.out, result)
         print(f"wrote {args.out}")
     return 0
 

@@ -18,12 +18,9 @@ step's compiled memory per device on 8 / 16 / 32-device meshes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import pathlib
 import statistics
 import sys
-import tempfile
 import time
 
 MAX_DEVICES = 32
@@ -39,6 +36,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from shallow_pi_jax import fileio  # noqa: E402
 from shallow_pi_jax.models.params import init_params  # noqa: E402
 from shallow_pi_jax.perf import aot, costs  # noqa: E402
 from shallow_pi_jax.training import build, sharding  # noqa: E402
@@ -163,10 +161,7 @@ def main(argv=None) -> int:
             print(f"  {n:>7} {m['argument'] / GiB:9.2f} {m['output'] / GiB:7.2f} {m['temp'] / GiB:7.2f} "
                   f"{m['generated_code'] / GiB:6.3f} {m['alias'] / GiB:7.2f} {m['total'] / GiB:7.2f}")
     if args.json:
-        out = pathlib.Path(args.json)
-        with tempfile.NamedTemporaryFile("w", dir=out.parent or ".", delete=False, suffix=".tmp") as f:
-            json.dump(result, f, indent=1, default=str)
-        pathlib.Path(f.name).replace(out)
+        fileio.write_json(args.json, result, default=str)
     return 0
 
 

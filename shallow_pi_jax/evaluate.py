@@ -18,16 +18,13 @@ distillation's, not the sampler's.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
-import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
 
+from shallow_pi_jax import fileio
 from shallow_pi_jax.data import norm_stats as ns
 from shallow_pi_jax.data import transforms as data_transforms
 from shallow_pi_jax.data.pipeline import make_dataset
@@ -98,17 +95,11 @@ def main(argv=None) -> int:
         "units": "robot units (unnormalised actions)", "errors": errors, "seconds": time.monotonic() - start,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=args.out.parent, prefix=f".{args.out.name}."))
-    try:
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    with fileio.atomic_dir(args.out, overwrite=True) as tmp:
+        fileio.write_json(tmp / "summary.json", summary)
         title = (f"student L{s_cfg.depth}" + (f" vs teacher L{teacher.config.depth}" if teacher else "")
                  + f" on {dataset}")
         plot(summary, tmp / "action_error.png", title)
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        os.replace(tmp, args.out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     for name, res in errors.items():
         steps = " ".join(f"{v:.4f}" for v in res["mae_per_step"])
         print(f"{name:20s} MAE {res['mae']:.4f}  RMSE {res['rmse']:.4f}  ({res['frames']} frames)  per step: {steps}")

@@ -14,16 +14,13 @@ layer skipping is fragile and Shallow-π distils instead. Writes OUT/layer_simil
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
-import shutil
 import sys
-import tempfile
 
 import jax
 from tqdm import tqdm
 
+from shallow_pi_jax import fileio
 from shallow_pi_jax.data.pipeline import make_dataset
 from shallow_pi_jax.eval.layer_similarity import format_table, plot, similarity
 from shallow_pi_jax.eval.open_loop import add_data_flags, eval_data_config
@@ -66,16 +63,10 @@ def main(argv=None) -> int:
     res.update(checkpoint=str(ckpt.root), dataset=dataset, depth=ckpt.config.depth)
     table = format_table(res)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=args.out.parent, prefix=f".{args.out.name}."))
-    try:
-        (tmp / "layer_similarity.json").write_text(json.dumps(res, indent=1) + "\n")
+    with fileio.atomic_dir(args.out, overwrite=True) as tmp:
+        fileio.write_json(tmp / "layer_similarity.json", res)
         (tmp / "layer_similarity.md").write_text(table)
         plot(res, tmp / "layer_similarity.png", f"{ckpt.root.name}: L{ckpt.config.depth} on {dataset}")
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        os.replace(tmp, args.out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(table)
     print(f"wrote {args.out}/layer_similarity.{{json,md,png}}")
     return 0

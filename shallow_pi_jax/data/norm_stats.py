@@ -16,9 +16,10 @@ import dataclasses
 import json
 import os
 import pathlib
-import tempfile
 
 import numpy as np
+
+from shallow_pi_jax import fileio
 
 EPS = 1e-6
 FILE_NAME = "norm_stats.json"
@@ -96,13 +97,8 @@ def save(stats: dict[str, NormStats], path: str | os.PathLike) -> pathlib.Path:
     path = pathlib.Path(path)
     if path.is_dir():
         path = path / FILE_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"norm_stats": {k: v.to_json() for k, v in stats.items()}}, indent=2)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".norm_stats.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return fileio.write_text(path, text)
 
 
 def require(stats: dict[str, NormStats], key: str, quantile: bool, source: str) -> NormStats:

@@ -46,10 +46,13 @@ class StepConfig:
     ema_decay: Optional[float] = None
 
 
-def make_optimizer(peak_lr: float, warmup_steps: int, decay_steps: int, end_lr: float, b1: float = 0.9,
-                   b2: float = 0.95, eps: float = 1e-8, weight_decay: float = 1e-10, clip_norm: float = 1.0,
+def make_optimizer(peak_lr: float, warmup_steps: int, decay_steps: int, end_lr: float, *, b1: float, b2: float,
+                   eps: float, weight_decay: float, clip_norm: float,
                    freeze: Optional[Callable[[str], bool]] = None):
     """openpi's AdamW: linear warmup from peak/(warmup+1), cosine to `end_lr`, global-norm clipping.
+
+    No defaults here: openpi's values (b1 0.9, b2 0.95, eps 1e-8, weight decay 1e-10, clip 1.0) are the
+    experiment config's (training/config.py), so they are written once.
 
     `freeze(path) -> bool` marks params that get no update and keep no optimizer state.
     Returns (optax transformation, learning-rate schedule).
