@@ -13,6 +13,7 @@ the horizon / prompt length from the caller (openpi's defaults otherwise).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import shutil
@@ -20,6 +21,7 @@ from typing import Any
 
 import jax
 
+from shallow_pi_jax import fileio
 from shallow_pi_jax.checkpoint import openpi_params
 from shallow_pi_jax.models.config import (
     ModelConfig,
@@ -43,8 +45,9 @@ class PolicyDir:
     config: ModelConfig | None  # from model_config.json; None for openpi's checkpoints
     layer_map: dict | None
 
+    @functools.cached_property
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        """{'/'-joined path: shape} of the stored params, from metadata only."""
+        """{'/'-joined path: shape} of the stored params, from metadata only (read once)."""
         flat = openpi_params.flatten_params(openpi_params.params_shapes(self.params_dir))
         return {k: tuple(v.shape) for k, v in flat.items()}
 
@@ -60,7 +63,7 @@ class PolicyDir:
                     raise ValueError(f"{name}: {self.root / MODEL_CONFIG} says {getattr(self.config, name)}, "
                                      f"got {value}; a trained model cannot change it")
             return self.config
-        shapes = self.shapes()
+        shapes = self.shapes
         pi05 = is_pi05_tree(shapes)
         horizon = action_horizon or default_horizon
         if horizon is None:
@@ -112,9 +115,9 @@ def write(out_dir, params, model_config: ModelConfig, *, layer_map: dict | None 
     openpi_params.save_params(jax.device_get(params), out_dir / PARAMS, overwrite=True)
     if jax.process_index() != 0:
         return out_dir
-    (out_dir / MODEL_CONFIG).write_text(json.dumps(model_config.to_dict(), indent=1) + "\n")
+    fileio.write_json(out_dir / MODEL_CONFIG, model_config.to_dict())
     if layer_map is not None:
-        (out_dir / LAYER_MAP).write_text(json.dumps(layer_map, indent=1) + "\n")
+        fileio.write_json(out_dir / LAYER_MAP, layer_map)
     if norm_stats:
         src = pathlib.Path(norm_stats)
         src = src / NORM_STATS if src.is_dir() else src

@@ -141,7 +141,7 @@ def load_checkpoint(path, *, action_horizon: int | None = None, max_token_len: i
     pd = policy_dir.read(path)
     default_horizon = None
     if pd.config is None:
-        default_horizon = preset.horizon(is_pi05_tree(pd.shapes())) if preset else 50
+        default_horizon = preset.horizon(is_pi05_tree(pd.shapes)) if preset else 50
     cfg = pd.model_config(action_horizon=action_horizon, max_token_len=max_token_len,
                           default_horizon=default_horizon)
     if dtype is not None:
