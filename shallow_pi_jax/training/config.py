@@ -103,6 +103,12 @@ def load(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(arg) if arg else module.get_config()
 
 
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Refuse a config that cannot train, before anything runs or is written (ValueError naming the key)."""
+    # Filled in by the config-validation work (#23 item 5); training.loop.run calls it first.
+    del config
+
+
 def demo_model(pi05: bool = True, depth: int = 18) -> ModelConfig:
     """A tiny π0 / π0.5 that trains on 2 CPU cores: 64×64 images, 16×16 patches, 18 thin layers.
 
