@@ -10,7 +10,6 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +18,9 @@ from typing import Any
 def write_bytes(path, data: bytes) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp: its 0600 would make every output private; O_EXCL keeps the name ours alone.
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -56,7 +57,8 @@ def atomic_dir(dst, *, overwrite: bool = False) -> Iterator[pathlib.Path]:
     if dst.exists() and not overwrite:
         raise ValueError(f"{dst} exists (pass --overwrite to replace it)")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
+    tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp.mkdir(mode=0o777)  # the umask applies, as to any directory the user makes (mkdtemp's is 0700)
     try:
         yield tmp
         replace_dir(tmp, dst)

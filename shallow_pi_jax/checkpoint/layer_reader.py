@@ -21,7 +21,14 @@ import numpy as np
 import tensorstore as ts
 import zstandard
 
-from shallow_pi_jax.checkpoint.openpi_params import resolve_params_dir, stored_metadata, strip_value_suffix
+from shallow_pi_jax.checkpoint import checksums
+from shallow_pi_jax.checkpoint.openpi_params import (
+    count_nonfinite,
+    error_summary,
+    resolve_params_dir,
+    stored_metadata,
+    strip_value_suffix,
+)
 
 
 class ParamsReader:
@@ -33,11 +40,19 @@ class ParamsReader:
     twice the leaf. So leaves of at least `stream_min_bytes` stored as zarr chunks spanning axis 0
     (orbax's default; zstd or uncompressed) are decoded as a stream, keeping only the requested
     rows: memory is the result plus ~8 MB (or one chunk row if larger). make_student uses this.
+
+    `verify`: when the directory around params/ has a checksums.json (policy directories this
+    project writes; openpi's have none), every file is checked against it on opening.
+    `check_finite`: every array `read` returns is checked for NaN/inf (ValueError naming the leaf).
     """
 
-    def __init__(self, params_dir: str | os.PathLike, stream_min_bytes: int = 64 << 20):
+    def __init__(self, params_dir: str | os.PathLike, stream_min_bytes: int = 64 << 20, *,
+                 verify: bool = True, check_finite: bool = True):
         self.directory = resolve_params_dir(params_dir)
         self.stream_min_bytes = stream_min_bytes
+        self.check_finite = check_finite
+        if verify:
+            checksums.verify_params_dir(self.directory)
         stored = stored_metadata(self.directory)
         pure = strip_value_suffix(dict.fromkeys(stored))
         self._names = {p: m.name for p, m in zip(pure, stored.values())}
@@ -62,7 +77,10 @@ class ParamsReader:
         kvstore = self._kvstore_spec(path)
         # No chunk cache: each chunk is decoded once for the read and then dropped.
         ctx = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
-        return ts.open({"driver": self._driver, "kvstore": kvstore}, open=True, read=True, context=ctx).result()
+        try:
+            return ts.open({"driver": self._driver, "kvstore": kvstore}, open=True, read=True, context=ctx).result()
+        except ValueError as e:  # tensorstore reports unreadable / corrupt storage as ValueError
+            raise ValueError(f"{self.directory}: cannot open leaf {path!r}: {error_summary(e)}") from e
 
     def _read_streaming(self, path: str, store, rows: list[int]) -> np.ndarray | None:
         """Rows of axis 0 of a zarr v2 leaf (zstd or uncompressed) whose chunks each span all of
@@ -116,13 +134,24 @@ class ParamsReader:
                 raise ValueError(f"layers: {bad} out of range for {path!r} with axis 0 of size {n}")
         out = None
         leaf_bytes = int(np.prod(store.shape)) * np.dtype(store.dtype.numpy_dtype).itemsize
-        if store.ndim and leaf_bytes >= self.stream_min_bytes and (layers is None or layers):
-            rows = list(range(store.shape[0])) if layers is None else layers
-            out = self._read_streaming(path, store, rows)
-        if out is None:
-            out = np.asarray((store if layers is None else store[layers]).read().result())
+        try:
+            if store.ndim and leaf_bytes >= self.stream_min_bytes and (layers is None or layers):
+                rows = list(range(store.shape[0])) if layers is None else layers
+                out = self._read_streaming(path, store, rows)
+            if out is None:
+                out = np.asarray((store if layers is None else store[layers]).read().result())
+        except (ValueError, OSError, zstandard.ZstdError) as e:
+            if str(e).startswith(f"{path}: "):  # ours (_read_exactly), already names the leaf
+                raise ValueError(f"{self.directory}: {e}") from e
+            raise ValueError(f"{self.directory}: cannot read leaf {path!r}: {error_summary(e)}") from e
         want = self.shapes[path].dtype if dtype is None else np.dtype(dtype)
-        return out if out.dtype == want else out.astype(want)
+        out = out if out.dtype == want else out.astype(want)
+        if self.check_finite:
+            bad = count_nonfinite({path: out})
+            if bad:
+                raise ValueError(f"{self.directory}: leaf {path!r}{'' if layers is None else f' layers {layers}'} "
+                                 f"holds {bad[path]} NaN/inf values of {out.size}")
+        return out
 
 
 class _KvValueFile(io.RawIOBase):

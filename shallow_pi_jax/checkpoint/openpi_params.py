@@ -15,6 +15,7 @@ so every function sees and returns the pure dict, with paths like
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -23,10 +24,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from shallow_pi_jax import fileio
+from shallow_pi_jax.checkpoint import checksums
 
 SEP = "/"
 _VALUE_KEY = "value"
@@ -90,21 +93,60 @@ def resolve_params_dir(path: str | os.PathLike) -> pathlib.Path:
         return p / "params"
     if not p.exists():
         raise ValueError(f"params_dir: {str(path)!r} does not exist")
+    if (p / "params").is_dir() or any((p / f).is_file() for f in ("model_config.json", checksums.MANIFEST)):
+        # A policy directory whose params/ is gone or lost its metadata: name what is missing.
+        what = "params/_METADATA is missing" if (p / "params").is_dir() else "params/ is missing"
+        raise ValueError(f"params_dir: {p}: {what} (incomplete or corrupt policy directory)")
     raise ValueError(
         f"params_dir: {str(path)!r} is not an orbax params checkpoint (no _METADATA there or in "
         f"params/); pass an openpi checkpoint's params/ directory")
 
 
 def stored_metadata(params_dir: pathlib.Path) -> dict[str, Any]:
-    """{stored path: orbax ArrayMetadata} for the leaves under the item's 'params' key."""
-    with ocp.PyTreeCheckpointer() as ckptr:
-        item = ckptr.metadata(params_dir).item_metadata
+    """{stored path: orbax ArrayMetadata} for the leaves under the item's 'params' key.
+
+    A truncated or garbled `_METADATA` / `manifest.ocdbt`, or data files orbax cannot read, raise a
+    one-line ValueError naming the file (orbax's checkpointer would log and return None instead).
+    """
+    _check_metadata_files(params_dir)
+    # The handler, not PyTreeCheckpointer.metadata: that one swallows the reason and returns None.
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        item = handler.metadata(params_dir)
+    except (ValueError, OSError, TypeError, KeyError) as e:
+        raise ValueError(f"{params_dir}: orbax cannot read the checkpoint metadata: {error_summary(e)}") from e
+    finally:
+        handler.close()
+    if item is None or not hasattr(item, "keys"):
+        raise ValueError(f"{params_dir}: orbax found no checkpoint metadata (corrupt or incomplete checkpoint)")
     top = list(item.keys())
     if "params" not in top:
         raise ValueError(
             f"{params_dir}: expected openpi's layout, an item {{'params': pure dict}}; found "
             f"top-level keys {top}")
     return flatten_params(item["params"])
+
+
+def _check_metadata_files(params_dir: pathlib.Path) -> None:
+    meta = params_dir / "_METADATA"
+    try:
+        data = json.loads(meta.read_bytes())
+    except FileNotFoundError:
+        raise ValueError(f"{meta}: missing (incomplete checkpoint)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{meta}: truncated or corrupt ({meta.stat().st_size} bytes, not valid JSON: {e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("tree_metadata"), dict):
+        raise ValueError(f"{meta}: not orbax tree metadata (expected a 'tree_metadata' object, got "
+                         f"{sorted(data) if isinstance(data, dict) else type(data).__name__})")
+    manifest = params_dir / "manifest.ocdbt"
+    if manifest.is_file() and manifest.stat().st_size == 0:
+        raise ValueError(f"{manifest}: empty (0 bytes; truncated or corrupt checkpoint)")
+
+
+def error_summary(e: BaseException) -> str:
+    """tensorstore's message without its multi-kilobyte spec dump, on one line."""
+    text = str(e).split(" [tensorstore_spec=")[0]
+    return " ".join(text.split()) or type(e).__name__
 
 
 def params_shapes(params_dir: str | os.PathLike) -> dict:
@@ -118,7 +160,8 @@ def params_shapes(params_dir: str | os.PathLike) -> dict:
 ShardingSpec = jax.sharding.Sharding | Mapping | Callable[[str, jax.ShapeDtypeStruct], jax.sharding.Sharding]
 
 
-def restore_params(params_dir: str | os.PathLike, dtype=None, sharding: ShardingSpec | None = None) -> dict:
+def restore_params(params_dir: str | os.PathLike, dtype=None, sharding: ShardingSpec | None = None, *,
+                   verify: bool = True, check_finite: bool = True) -> dict:
     """Read openpi params as a pure dict.
 
     Args:
@@ -127,8 +170,14 @@ def restore_params(params_dir: str | os.PathLike, dtype=None, sharding: Sharding
       sharding: None returns host numpy arrays. Otherwise jax.Arrays placed as asked, each device
         reading only its own shard from disk: one `jax.sharding.Sharding` for every leaf, a pure-dict
         pytree of shardings, or a callable `(path, jax.ShapeDtypeStruct) -> Sharding`.
+      verify: when the directory around params/ has a checksums.json (policy directories this
+        project writes), check every file against it first (checksums.py; every host reads every
+        byte). openpi's checkpoints have none: nothing to check then.
+      check_finite: raise a ValueError naming the leaf if any restored value is NaN or inf.
     """
     params_dir = resolve_params_dir(params_dir)
+    if verify:
+        checksums.verify_params_dir(params_dir)
     stored = stored_metadata(params_dir)
     pure_of = dict(zip(stored, strip_value_suffix(dict.fromkeys(stored)).keys()))
     shardings = _leaf_shardings(sharding, {pure_of[p]: m for p, m in stored.items()}, dtype)
@@ -141,9 +190,15 @@ def restore_params(params_dir: str | os.PathLike, dtype=None, sharding: Sharding
 
     item = {"params": unflatten_params(stored)}
     restore_args = {"params": unflatten_params({p: args_for(p, m) for p, m in stored.items()})}
-    with ocp.PyTreeCheckpointer() as ckptr:
-        restored = ckptr.restore(params_dir, ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
-    return unflatten_params(strip_value_suffix(flatten_params(restored["params"])))
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            restored = ckptr.restore(params_dir, ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{params_dir}: orbax cannot restore the params: {error_summary(e)}") from e
+    flat = strip_value_suffix(flatten_params(restored["params"]))
+    if check_finite:
+        assert_finite(flat, str(params_dir))
+    return unflatten_params(flat)
 
 
 def _leaf_shardings(sharding, meta: dict[str, Any], dtype) -> dict[str, jax.sharding.Sharding]:
@@ -249,6 +304,51 @@ def validate_params(params: Mapping, expected: Mapping, *, check_dtype: bool = F
     if problems:
         lines += [f"mismatched ({len(problems)}):"] + problems
     raise ValueError("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- finite values
+
+def _count_nonfinite_host(x: np.ndarray) -> int:
+    # Blocks keep the temporary boolean mask small next to a multi-GB leaf.
+    flat, block, bad = np.ascontiguousarray(x).reshape(-1), 1 << 24, 0
+    for i in range(0, flat.size, block):
+        bad += int(np.count_nonzero(~np.isfinite(flat[i:i + block])))
+    return bad
+
+
+@jax.jit
+def _count_nonfinite_device(leaves: dict) -> dict:
+    # int32 is enough: the largest openpi leaf has ~1.2e9 values (< 2**31).
+    return {p: jnp.sum(~jnp.isfinite(x), dtype=jnp.int32) for p, x in leaves.items()}
+
+
+def count_nonfinite(flat: Mapping[str, Any]) -> dict[str, int]:
+    """{path: number of NaN/inf values} for the floating-point leaves that have any.
+
+    Accelerator jax.Arrays are counted on their devices in one jitted call (sharded leaves stay
+    sharded); numpy leaves and CPU arrays on the host in blocks (XLA's CPU bfloat16 isfinite is
+    ~5x slower than numpy's)."""
+    floating = {p: x for p, x in flat.items() if jnp.issubdtype(np.dtype(x.dtype), jnp.inexact)}
+    groups: dict[frozenset, dict] = {}  # one jit call per device set (jit refuses to mix them)
+    for p, x in floating.items():
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable
+                                             and all(d.platform == "cpu" for d in x.sharding.device_set)):
+            groups.setdefault(frozenset(x.sharding.device_set), {})[p] = x
+    counts = {}
+    for leaves in groups.values():
+        counts.update({p: int(n) for p, n in jax.device_get(_count_nonfinite_device(leaves)).items()})
+    counts.update({p: _count_nonfinite_host(np.asarray(x)) for p, x in floating.items() if p not in counts})
+    return {p: n for p, n in sorted(counts.items()) if n}
+
+
+def assert_finite(params: Mapping, where: str) -> None:
+    """One ValueError naming `where` (the params dir) and each leaf holding NaN or inf, with counts."""
+    flat = params if all(not isinstance(v, Mapping) for v in params.values()) else flatten_params(params)
+    bad = count_nonfinite(flat)
+    if bad:
+        shown = ", ".join(f"{p} ({n} of {int(np.prod(np.shape(flat[p])))})" for p, n in list(bad.items())[:5])
+        more = f" and {len(bad) - 5} more leaves" if len(bad) > 5 else ""
+        raise ValueError(f"{where}: {len(bad)} parameter leaves hold NaN/inf values: {shown}{more}")
 
 
 # ----------------------------------------------------------------------------- provenance

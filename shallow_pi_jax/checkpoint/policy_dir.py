@@ -5,10 +5,16 @@
                              prompt length, cameras). Ours; openpi's checkpoints have none.
     DIR/layer_map.json       students only: teacher/student depth, teacher layer indices, strategy, teacher
     DIR/assets/norm_stats.json             ours, or openpi's assets/<asset_id>/norm_stats.json
+    DIR/checksums.json       ours: sha256 and size of every file above, written last (checksums.py)
 
 `read(path)` accepts DIR or DIR/params, for ours and openpi's alike. Where there is no
 model_config.json the sizes come from the params' shapes, π0 vs π0.5 from the heads present, and
 the horizon / prompt length from the caller (openpi's defaults otherwise).
+
+Integrity: `read` checks the file set, the sizes and the small files against checksums.json (cheap);
+`load_model` (and openpi_params.restore_params, layer_reader.ParamsReader) hash every file, and
+check every loaded parameter is finite. `verify=False` skips the checksums (commands: --no-checksums);
+openpi's checkpoints have no checksums.json, so for them only the finite check runs.
 """
 from __future__ import annotations
 
@@ -16,13 +22,12 @@ import dataclasses
 import functools
 import json
 import pathlib
-import shutil
 from typing import Any
 
 import jax
 
 from shallow_pi_jax import fileio
-from shallow_pi_jax.checkpoint import openpi_params
+from shallow_pi_jax.checkpoint import checksums, openpi_params
 from shallow_pi_jax.models.config import (
     ModelConfig,
     default_max_token_len,
@@ -36,6 +41,7 @@ MODEL_CONFIG = "model_config.json"
 LAYER_MAP = "layer_map.json"
 ASSETS = "assets"
 NORM_STATS = "norm_stats.json"
+CHECKSUMS = checksums.MANIFEST
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +94,16 @@ class PolicyDir:
         return None
 
 
-def read(path) -> PolicyDir:
-    """DIR or DIR/params of a policy directory (ours or openpi's); reads metadata only."""
+def read(path, *, verify: bool = True) -> PolicyDir:
+    """DIR or DIR/params of a policy directory (ours or openpi's); reads metadata only.
+
+    With `verify` and a checksums.json, the cheap check runs first: every listed file present with
+    its size, no unlisted file under params/, the contents of all but the tensor data files
+    (load_model hashes those)."""
     params_dir = openpi_params.resolve_params_dir(path)
     root = params_dir.parent if params_dir.name == PARAMS else params_dir
+    if verify and params_dir.name == PARAMS:
+        checksums.verify(root, hash_params=False)
     cfg_file, lm_file = root / MODEL_CONFIG, root / LAYER_MAP
     config = ModelConfig.from_dict(_read_json(cfg_file)) if cfg_file.is_file() else None
     layer_map = _read_json(lm_file) if lm_file.is_file() else None
@@ -106,12 +118,19 @@ def _read_json(path: pathlib.Path) -> Any:
 
 
 def write(out_dir, params, model_config: ModelConfig, *, layer_map: dict | None = None,
-          norm_stats: str | pathlib.Path | None = None) -> pathlib.Path:
-    """Write params (openpi layout), model_config.json, layer_map.json and assets/norm_stats.json.
+          norm_stats: str | pathlib.Path | None = None, check_finite: bool = True) -> pathlib.Path:
+    """Write params (openpi layout), model_config.json, layer_map.json, assets/norm_stats.json and,
+    last, checksums.json over all of them.
 
+    `check_finite`: refuse (ValueError naming the leaves) to write params holding NaN or inf.
     Multi-host: every process takes part in the params save; process 0 writes the small files."""
     out_dir = pathlib.Path(out_dir)
+    if check_finite:
+        openpi_params.assert_finite(params, f"params to write to {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        # The old manifest would describe the old files while the new ones are written.
+        (out_dir / CHECKSUMS).unlink(missing_ok=True)
     openpi_params.save_params(jax.device_get(params), out_dir / PARAMS, overwrite=True)
     if jax.process_index() != 0:
         return out_dir
@@ -122,31 +141,48 @@ def write(out_dir, params, model_config: ModelConfig, *, layer_map: dict | None 
         src = pathlib.Path(norm_stats)
         src = src / NORM_STATS if src.is_dir() else src
         (out_dir / ASSETS).mkdir(exist_ok=True)
-        shutil.copy(src, out_dir / ASSETS / NORM_STATS)
+        fileio.write_bytes(out_dir / ASSETS / NORM_STATS, src.read_bytes())
+    checksums.write_manifest(out_dir)
     return out_dir
 
 
+def write_checksums(root) -> pathlib.Path:
+    """Seal a policy directory written by other means (e.g. make_student's): DIR/checksums.json."""
+    return checksums.write_manifest(pathlib.Path(root))
+
+
 def move(src, dst) -> pathlib.Path:
-    """Move a complete policy directory's files into `dst`; params/ last, so its presence means complete."""
+    """Move a complete policy directory's files into `dst`; params/ last, so its presence means complete.
+
+    Its checksums.json moves too (before params/); a directory without one gets one once moved."""
     src, dst = pathlib.Path(src), pathlib.Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    for name in (ASSETS, MODEL_CONFIG, LAYER_MAP, PARAMS):
+    sealed = (src / CHECKSUMS).is_file()
+    for name in (ASSETS, MODEL_CONFIG, LAYER_MAP, CHECKSUMS, PARAMS):
         if (src / name).exists():
             (src / name).rename(dst / name)
+    if not sealed and (dst / PARAMS).is_dir():
+        checksums.write_manifest(dst)
     return dst
 
 
-def load_model(params_dir, *, config: ModelConfig | None = None, dtype=None, sharding=None, **overrides):
+def load_model(params_dir, *, config: ModelConfig | None = None, dtype=None, sharding=None, verify: bool = True,
+               check_finite: bool = True, **overrides):
     """Restore an openpi params directory and the Pi0 that runs it.
 
     `config` (e.g. from an experiment file) wins; otherwise sizes are inferred from the tree.
     Raises one ValueError listing missing / unexpected / mis-shaped leaves when the checkpoint is
-    of another architecture than the config.
+    of another architecture than the config. `verify`: hash every file against the directory's
+    checksums.json first, when it has one (openpi's checkpoints do not). `check_finite`: a NaN or
+    inf parameter is a ValueError naming the directory and the leaf.
     """
+    if verify:
+        checksums.verify_params_dir(openpi_params.resolve_params_dir(params_dir))
     stored = openpi_params.flatten_params(openpi_params.params_shapes(params_dir))
     if config is None:
         config = ModelConfig.from_param_shapes({k: v.shape for k, v in stored.items()}, **overrides)
     expected = param_shapes(config)
     openpi_params.validate_params(openpi_params.unflatten_params(stored), expected)
-    params = openpi_params.restore_params(params_dir, dtype=dtype, sharding=sharding)
+    params = openpi_params.restore_params(params_dir, dtype=dtype, sharding=sharding, verify=False,
+                                          check_finite=check_finite)
     return Pi0(config), params

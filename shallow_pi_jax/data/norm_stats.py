@@ -9,6 +9,10 @@ z-score (pi0):      (x - mean) / (std + 1e-6)
 quantile (pi0.5):   (x - q01) / (q99 - q01 + 1e-6) * 2 - 1
 Stats longer than the data (openpi's older assets were computed on 32-dim padded vectors) are sliced
 to the data's dims, as openpi does; shorter stats are an error.
+
+`load` refuses a file with NaN/inf or negative std, and, given the model's padded dim or the data's
+dims, stats of the wrong size (ValueError naming the file, expected and actual); `save` refuses to
+write non-finite stats.
 """
 from __future__ import annotations
 
@@ -53,11 +57,20 @@ class NormStats:
 
     @classmethod
     def from_json(cls, d: dict, name: str = "stats") -> NormStats:
+        if not isinstance(d, dict):
+            raise ValueError(f"norm stats '{name}': expected an object with mean/std/q01/q99, got {type(d).__name__}")
         for key in ("mean", "std"):
             if key not in d:
                 raise ValueError(f"norm stats '{name}': missing '{key}' (got keys {sorted(d)})")
-        arr = {k: (None if d.get(k) is None else np.asarray(d[k], dtype=np.float64))
-               for k in ("mean", "std", "q01", "q99")}
+        arr = {}
+        for key in ("mean", "std", "q01", "q99"):
+            try:
+                arr[key] = None if d.get(key) is None else np.asarray(d[key], dtype=np.float64)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"norm stats '{name}.{key}': expected a list of numbers ({e})") from None
+        if arr["mean"].ndim != 1 or arr["mean"].size == 0:
+            raise ValueError(f"norm stats '{name}.mean': expected a non-empty list of numbers, got shape "
+                             f"{arr['mean'].shape}")
         for key, value in arr.items():
             if value is not None and value.shape != arr["mean"].shape:
                 raise ValueError(f"norm stats '{name}.{key}': expected shape {arr['mean'].shape}, got {value.shape}")
@@ -78,25 +91,67 @@ def compute(values: np.ndarray) -> NormStats:
     )
 
 
-def load(path: str | os.PathLike) -> dict[str, NormStats]:
-    """Read an openpi norm_stats.json (a file, or a folder containing one)."""
+def load(path: str | os.PathLike, *, model_dim: int | None = None, state_dim: int | None = None,
+         action_dim: int | None = None) -> dict[str, NormStats]:
+    """Read an openpi norm_stats.json (a file, or a folder containing one), checked by `check`.
+
+    model_dim: the model's action_dim, to which states and actions are padded (DataConfig.action_dim);
+    state_dim / action_dim: the data's own dims, when known. Each is checked when given.
+    """
     path = pathlib.Path(path)
     if path.is_dir():
         path = path / FILE_NAME
     if not path.exists():
         raise ValueError(f"norm_stats_path: file {str(path)!r} does not exist; "
                          "create it with `python -m shallow_pi_jax.compute_norm_stats`")
-    data = json.loads(path.read_text())
-    if "norm_stats" not in data:
-        raise ValueError(f"{path}: expected a top-level 'norm_stats' key (openpi format), got {sorted(data)}")
-    return {key: NormStats.from_json(value, key) for key, value in data["norm_stats"].items()}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: truncated or corrupt (not valid JSON: {e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("norm_stats"), dict):
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: expected a top-level 'norm_stats' object (openpi format), got {got}")
+    try:
+        stats = {key: NormStats.from_json(value, key) for key, value in data["norm_stats"].items()}
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    check(stats, str(path), model_dim=model_dim, state_dim=state_dim, action_dim=action_dim)
+    return stats
+
+
+def check(stats: dict[str, NormStats], source: str, *, model_dim: int | None = None, state_dim: int | None = None,
+          action_dim: int | None = None) -> None:
+    """Finite values, std >= 0 and, where given, dims as the transforms use them; else a ValueError naming `source`.
+
+    The transforms slice stats to the data's dims and pad the data to the model's: so stats must cover
+    at least the data's dims (state_dim, action_dim), and stats over more dims than `model_dim` belong
+    to another model.
+    """
+    for key, s in stats.items():
+        for field in ("mean", "std", "q01", "q99"):
+            a = getattr(s, field)
+            if a is not None and not np.all(np.isfinite(a)):
+                dims = np.flatnonzero(~np.isfinite(a)).tolist()
+                raise ValueError(f"{source}: '{key}.{field}' holds NaN/inf at dims {dims[:8]} "
+                                 f"({len(dims)} of {a.size}); expected finite values")
+        if np.any(s.std < 0):
+            raise ValueError(f"{source}: '{key}.std' is negative at dims {np.flatnonzero(s.std < 0).tolist()[:8]}")
+        if model_dim is not None and s.dim > model_dim:
+            raise ValueError(f"{source}: '{key}' has {s.dim} dims, expected at most the model's action_dim "
+                             f"{model_dim} (states and actions are padded to it): stats of another model?")
+    for key, need in (("state", state_dim), ("actions", action_dim)):
+        if need is not None and key in stats and stats[key].dim < need:
+            raise ValueError(f"{source}: '{key}' has {stats[key].dim} dims, expected at least {need} "
+                             f"(the data's {key} dims)")
 
 
 def save(stats: dict[str, NormStats], path: str | os.PathLike) -> pathlib.Path:
-    """Write atomically (temp file + rename), so a crash never leaves a half-written file."""
+    """Write atomically (temp file + rename), so a crash never leaves a half-written file; non-finite
+    stats are refused (ValueError) before anything is written."""
     path = pathlib.Path(path)
     if path.is_dir():
         path = path / FILE_NAME
+    check(stats, f"norm stats to write to {path}")
     text = json.dumps({"norm_stats": {k: v.to_json() for k, v in stats.items()}}, indent=2)
     return fileio.write_text(path, text)
 

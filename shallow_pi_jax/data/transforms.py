@@ -28,6 +28,8 @@ def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image: expected uint8 [H, W, 3], got {image.dtype} {image.shape}")
     h, w = image.shape[:2]
+    if h == 0 or w == 0:
+        raise ValueError(f"image: expected a non-empty image, got shape {image.shape}")
     if (h, w) == (height, width):
         return image
     ratio = max(w / width, h / height)
@@ -53,6 +55,10 @@ def as_uint8_hwc(image, field: str) -> np.ndarray:
     if image.shape[-1] != 3:
         raise ValueError(f"{field}: expected 3 colour channels, got shape {image.shape}")
     if np.issubdtype(image.dtype, np.floating):
+        # openpi casts 255·x straight to uint8, which wraps values outside [0, 1] into noise.
+        if image.size and not (np.isfinite(image).all() and image.min() >= 0.0 and image.max() <= 1.0):
+            raise ValueError(f"{field}: a float image must hold finite values in [0, 1], got range "
+                             f"[{np.nanmin(image):.4g}, {np.nanmax(image):.4g}]")
         image = (255 * image).astype(np.uint8)
     if image.dtype != np.uint8:
         raise ValueError(f"{field}: expected uint8 or float image, got dtype {image.dtype}")
@@ -200,7 +206,7 @@ def _spec_and_stats(cfg, dataset_index: int):
     path = cfg.norm_stats_for(spec)
     if path is None:
         raise ValueError("data.norm_stats_path: not set (compute it with shallow_pi_jax.compute_norm_stats)")
-    return cfg, spec, _ns.load(path)
+    return cfg, spec, _ns.load(path, model_dim=cfg.action_dim)
 
 
 def make_input_transform(cfg, dataset_index: int = 0, tokenizer: PaligemmaTokenizer | None = None) -> InputTransform:

@@ -11,7 +11,9 @@ Any openpi client then works unchanged:
     actions = client.infer({"observation/image": img, "observation/wrist_image": wrist,
                             "observation/state": state, "prompt": "open the drawer"})["actions"]
 
-`curl localhost:8000/healthz` answers OK. See docs/serve.md.
+`curl localhost:8000/healthz` answers OK. Requests are checked before they reach the model (dtypes,
+shapes, finite values, the preset's keys) and a refused one gets an error naming the field; frames
+over --max-frame-mb close the connection (code 1009). See docs/serve.md.
 """
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ import logging
 import sys
 import time
 
+from shallow_pi_jax import cli
 from shallow_pi_jax.serve.policy import load_policy, warmup_observation
 from shallow_pi_jax.serve.presets import PRESETS
-from shallow_pi_jax.serve.server import PolicyServer
+from shallow_pi_jax.serve.server import DEFAULT_MAX_FRAME_BYTES, PolicyServer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,27 +54,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-skip-masked-cameras", action="store_true",
                    help="run the vision tower for cameras whose mask is false too (openpi's behaviour)")
     p.add_argument("--no-warmup", action="store_true", help="do not compile before accepting clients")
+    p.add_argument("--no-checksums", action="store_true",
+                   help="skip checking the checkpoint's files against its checksums.json (faster start; "
+                        "NaN/inf params and norm stats are refused either way)")
+    p.add_argument("--max-frame-mb", type=float, default=DEFAULT_MAX_FRAME_BYTES / 2**20,
+                   help="largest request frame in MiB; a longer one closes its connection with code 1009 "
+                        f"(default: {DEFAULT_MAX_FRAME_BYTES / 2**20:g}, three 640x480 float32 cameras fit)")
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = cli.parse(build_parser(), argv)
+    if not args.max_frame_mb > 0:
+        raise cli.UsageError(f"--max-frame-mb: expected > 0, got {args.max_frame_mb}")
+    # force: an imported library has already configured the root logger (WARNING, bare format), which
+    # would hide "serving ... on ws://..." and the per-request refusals' timestamps.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    # websockets logs two INFO lines per health check; ours already log each client.
+    logging.getLogger("websockets").setLevel(logging.INFO if args.verbose else logging.WARNING)
 
-    try:
-        policy = load_policy(args.checkpoint, env=args.env, tokenizer_path=args.tokenizer,
-                             norm_stats_path=args.norm_stats, num_steps=args.num_steps, noise_seed=args.noise_seed,
-                             action_horizon=args.action_horizon, max_token_len=args.max_token_len,
-                             default_prompt=args.default_prompt, dtype=args.dtype,
-                             skip_masked_cameras=not args.no_skip_masked_cameras)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # Any error here (a missing file, NaN or wrong-size norm stats, bad params) stops before serving.
+    policy = load_policy(cli.policy_path(args.checkpoint), env=args.env, tokenizer_path=args.tokenizer,
+                         norm_stats_path=args.norm_stats, num_steps=args.num_steps, noise_seed=args.noise_seed,
+                         action_horizon=args.action_horizon, max_token_len=args.max_token_len,
+                         default_prompt=args.default_prompt, dtype=args.dtype,
+                         skip_masked_cameras=not args.no_skip_masked_cameras, verify=not args.no_checksums)
     if not args.no_warmup:
         start = time.monotonic()
         policy.sample(warmup_observation(policy))
         logging.info("compiled in %.1f s", time.monotonic() - start)
-    server = PolicyServer(policy.infer, policy.metadata, host=args.host, port=args.port)
+    server = PolicyServer(policy.infer, policy.metadata, host=args.host, port=args.port,
+                          max_frame_bytes=int(args.max_frame_mb * 2**20))
     logging.info("serving %s (%s, depth %d) on ws://%s:%d", args.checkpoint, args.env, policy.config.depth,
                  args.host, args.port)
     try:
@@ -82,4 +95,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import pathlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
 import jax
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from shallow_pi_jax.checkpoint import policy_dir
+from shallow_pi_jax.data import norm_stats as data_norm_stats
 from shallow_pi_jax.data import transforms as data_transforms
 from shallow_pi_jax.data.config import DataConfig, DatasetSpec
 from shallow_pi_jax.models.config import ModelConfig, is_pi05_tree
@@ -55,11 +56,14 @@ class Policy:
       noise_seed: fixed noise for every call (reproducible replies); None draws fresh noise per call
         from `seed`.
       skip_masked_cameras: skip the vision tower for cameras masked on the whole batch.
+      check_input: called with each raw observation before the input transform; raises ValueError
+        naming the bad field (load_policy passes the preset's RequestSpec.check).
     """
 
     def __init__(self, config: ModelConfig, params, *, input_transform=None, output_transform=None,
                  num_steps: int = 10, noise_seed: int | None = None, seed: int = 0,
-                 skip_masked_cameras: bool = True, metadata: Mapping | None = None):
+                 skip_masked_cameras: bool = True, metadata: Mapping | None = None,
+                 check_input: Callable[[Mapping], None] | None = None):
         if num_steps < 1:
             raise ValueError(f"num_steps: expected >= 1, got {num_steps}")
         self.config = config
@@ -71,6 +75,7 @@ class Policy:
         self.skip_masked_cameras = skip_masked_cameras
         self._rng = jax.random.PRNGKey(seed)
         self._metadata = dict(metadata or {})
+        self.check_input = check_input
 
     @property
     def metadata(self) -> dict:
@@ -102,6 +107,8 @@ class Policy:
         if not isinstance(obs, Mapping):
             raise ValueError(f"observation: expected a dict, got {type(obs).__name__}")
         start = time.monotonic()
+        if self.check_input is not None:
+            self.check_input(obs)
         inputs = self.input_transform(obs) if self.input_transform is not None else obs
         batched = jax.tree.map(lambda x: np.asarray(x)[None], inputs)
         if noise is not None:
@@ -112,6 +119,10 @@ class Policy:
         out = {"state": np.asarray(inputs["state"]), "actions": actions}
         if self.output_transform is not None:
             out["actions"] = self.output_transform(actions, raw_state=self._raw_state(obs))
+        # A robot must never be sent NaN: refuse the reply instead (the checks at load make this rare).
+        if not np.all(np.isfinite(out["actions"])):
+            raise ValueError("actions: the policy produced NaN or inf for this observation; not sending them "
+                             "(check the checkpoint's params and norm stats)")
         out["policy_timing"] = {"infer_ms": 1000 * (time.monotonic() - start), "model_ms": model_ms}
         return out
 
@@ -133,12 +144,16 @@ class Checkpoint:
     params: Any
     layer_map: dict | None
     norm_stats: pathlib.Path | None  # found in assets/, None when there is none
+    params_dir: pathlib.Path | None = None
 
 
 def load_checkpoint(path, *, action_horizon: int | None = None, max_token_len: int | None = None,
-                    preset: EnvPreset | None = None, dtype: str | None = None) -> Checkpoint:
-    """Read a policy directory (ours or openpi's); overrides fill only what it does not record."""
-    pd = policy_dir.read(path)
+                    preset: EnvPreset | None = None, dtype: str | None = None, verify: bool = True,
+                    params: bool = True) -> Checkpoint:
+    """Read a policy directory (ours or openpi's); overrides fill only what it does not record.
+    `verify`: check the files against its checksums.json (non-finite params are refused either way);
+    `params=False`: metadata only (Checkpoint.params is None), cheap."""
+    pd = policy_dir.read(path, verify=verify)
     default_horizon = None
     if pd.config is None:
         default_horizon = preset.horizon(is_pi05_tree(pd.shapes)) if preset else 50
@@ -146,8 +161,9 @@ def load_checkpoint(path, *, action_horizon: int | None = None, max_token_len: i
                           default_horizon=default_horizon)
     if dtype is not None:
         cfg = dataclasses.replace(cfg, dtype=dtype)
-    _, params = policy_dir.load_model(pd.params_dir, config=cfg)
-    return Checkpoint(pd.root, cfg, params, pd.layer_map, pd.norm_stats(preset.asset_id if preset else None))
+    loaded = policy_dir.load_model(pd.params_dir, config=cfg, verify=verify)[1] if params else None
+    return Checkpoint(pd.root, cfg, loaded, pd.layer_map, pd.norm_stats(preset.asset_id if preset else None),
+                      pd.params_dir)
 
 
 def serving_data_config(cfg: ModelConfig, preset: EnvPreset, *, tokenizer_path: str, norm_stats_path,
@@ -173,11 +189,12 @@ def load_policy(checkpoint, *, env: str = "libero", tokenizer_path=None, norm_st
                 num_steps: int = 10, noise_seed: int | None = None, seed: int = 0,
                 action_horizon: int | None = None, max_token_len: int | None = None,
                 default_prompt: str | None = None, skip_masked_cameras: bool = True,
-                dtype: str | None = None) -> Policy:
+                dtype: str | None = None, verify: bool = True) -> Policy:
     """Checkpoint directory + robot preset → Policy with openpi's input and output transforms."""
     preset = get_preset(env)
+    # Everything cheap is checked before the params load, which takes minutes for a large checkpoint.
     ckpt = load_checkpoint(checkpoint, action_horizon=action_horizon, max_token_len=max_token_len,
-                           preset=preset, dtype=dtype)
+                           preset=preset, dtype=dtype, verify=verify, params=False)
     norm_stats_path = norm_stats_path or ckpt.norm_stats
     if norm_stats_path is None:
         raise ValueError(f"norm_stats: {ckpt.root}/assets has no norm_stats.json; pass --norm-stats")
@@ -186,8 +203,10 @@ def load_policy(checkpoint, *, env: str = "libero", tokenizer_path=None, norm_st
             raise ValueError("tokenizer_path: pass --tokenizer (the PaliGemma sentencepiece model; "
                              "nothing is downloaded at run time)")
         tokenizer_path = demo_tokenizer_path()
+    stats_file, stats = checked_norm_stats(norm_stats_path, ckpt.config, preset)
+    _, params = policy_dir.load_model(ckpt.params_dir, config=ckpt.config, verify=verify)
     data_cfg = serving_data_config(ckpt.config, preset, tokenizer_path=tokenizer_path,
-                                   norm_stats_path=norm_stats_path, default_prompt=default_prompt)
+                                   norm_stats_path=stats_file, default_prompt=default_prompt)
     c = ckpt.config
     metadata = {
         "env": env, "checkpoint": str(ckpt.root), "pi05": c.pi05, "depth": c.depth,
@@ -196,9 +215,25 @@ def load_policy(checkpoint, *, env: str = "libero", tokenizer_path=None, norm_st
     }
     out_tf = data_transforms.make_output_transform(data_cfg)
     metadata["robot_action_dim"] = int(out_tf.action_dim)
-    return Policy(c, ckpt.params, input_transform=data_transforms.make_input_transform(data_cfg),
+    spec = preset.request_spec(image_size=c.image_size[0], stats_state_dim=stats["state"].dim)
+    return Policy(c, params, input_transform=data_transforms.make_input_transform(data_cfg),
                   output_transform=out_tf, num_steps=num_steps, noise_seed=noise_seed, seed=seed,
-                  skip_masked_cameras=skip_masked_cameras, metadata=metadata)
+                  skip_masked_cameras=skip_masked_cameras, metadata=metadata, check_input=spec.check)
+
+
+def checked_norm_stats(path, cfg: ModelConfig, preset: EnvPreset) -> tuple[pathlib.Path, dict]:
+    """Read norm_stats.json, refusing (ValueError naming the file) what would make every reply wrong
+    or fail: NaN/inf, a missing state/actions entry, fewer dims than the robot sends or takes, more
+    dims than the model's action_dim (stats of another model)."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / data_norm_stats.FILE_NAME
+    robot_state = sum(preset.state_dims) if preset.state_dims else None
+    stats = data_norm_stats.load(path, model_dim=cfg.action_dim, state_dim=robot_state, action_dim=preset.action_dim)
+    for key in ("state", "actions"):
+        if key not in stats:
+            raise ValueError(f"{path}: no '{key}' entry (got {sorted(stats)})")
+    return path, stats
 
 
 def warmup_observation(policy: Policy) -> dict:

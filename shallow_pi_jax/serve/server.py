@@ -3,10 +3,19 @@
 Per connection: the server first sends the policy metadata (one binary msgpack-numpy frame). Then
 each binary frame from the client is an observation dict, answered by one binary frame with the
 policy's reply (`actions`, `state`, `policy_timing`) plus `server_timing` ({"infer_ms", and from the
-second request on "prev_total_ms"}, as openpi). A request that fails (undecodable, not a dict,
-missing field, wrong shape) is answered with a text frame holding the error, which the client
-raises as RuntimeError; unlike openpi the connection stays open and the server keeps serving.
-`GET /healthz` answers 200 "OK".
+second request on "prev_total_ms"}, as openpi). A request that fails (undecodable, not a dict, an
+array that is not bool/int/float, a missing field, wrong shape or dtype, NaN) is answered with a
+text frame holding the error, which the client raises as RuntimeError; unlike openpi the
+connection stays open and the server keeps serving. A refused request (ValueError) is one short
+line naming the field, what was expected and what came; any other failure is a server bug and
+carries its traceback. `GET /healthz` answers 200 "OK".
+
+Frames are at most `max_frame_bytes` (default DEFAULT_MAX_FRAME_BYTES = 16 MiB: three 640×480 RGB
+cameras as float32 are 11.1 MB, the largest observation any preset sends; at openpi's 224×224 they
+are 1.8 MB). websockets reads a frame's length from its header and refuses a longer one before
+buffering it, closing the connection with code 1009 (message too big); that is the one refusal
+that ends the connection. At most MAX_QUEUE frames wait per connection, so one connection holds
+at most about (MAX_QUEUE + 1) × max_frame_bytes.
 
 Inference runs in a worker thread (one at a time: one accelerator), so the event loop keeps
 accepting, reading and writing for every other client meanwhile; a client that is slow to send or
@@ -26,10 +35,14 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 
 from shallow_pi_jax.serve import wire
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_FRAME_BYTES = 16 * 2**20
+MAX_QUEUE = 4  # frames read ahead per connection; requests are answered one at a time anyway
 
 
 def _to_wire(tree):
@@ -51,7 +64,11 @@ class PolicyServer:
     """
 
     def __init__(self, infer: Callable[[dict], dict], metadata: Mapping | None = None, *,
-                 host: str = "0.0.0.0", port: int = 8000, max_workers: int = 1):
+                 host: str = "0.0.0.0", port: int = 8000, max_workers: int = 1,
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
+        if max_frame_bytes < 1:
+            raise ValueError(f"max_frame_bytes: expected >= 1, got {max_frame_bytes}")
+        self.max_frame_bytes = int(max_frame_bytes)
         self._infer = infer
         self._metadata = _to_wire(dict(metadata or {}))
         self.host, self.port = host, port
@@ -85,10 +102,7 @@ class PolicyServer:
                 try:
                     if isinstance(message, str):
                         raise ValueError("request: expected a binary msgpack frame, got a text frame")
-                    try:
-                        obs = wire.unpackb(message)
-                    except Exception as e:  # noqa: BLE001 - any decoding failure is the client's
-                        raise ValueError(f"request: not a msgpack-numpy message ({type(e).__name__}: {e})") from e
+                    obs = wire.unpackb(message)  # refuses unsafe arrays before numpy sees them
                     if not isinstance(obs, dict):
                         raise ValueError(f"request: expected an observation dict, got {type(obs).__name__}")
                     infer_start = time.monotonic()
@@ -98,16 +112,24 @@ class PolicyServer:
                     if prev_total_ms is not None:
                         reply["server_timing"]["prev_total_ms"] = prev_total_ms
                     data = packer.pack(reply)
-                except Exception as e:  # noqa: BLE001 - report to this client, keep serving
+                except ValueError as e:  # a refused request: the message says what to fix
                     self.errors += 1
-                    log.warning("request from %s failed: %s: %s", peer, type(e).__name__, e)
+                    log.warning("request from %s refused: %s", peer, e, exc_info=log.isEnabledFor(logging.DEBUG))
+                    await ws.send(str(e) or type(e).__name__)
+                    continue
+                except Exception as e:  # noqa: BLE001 - a server bug: report it to this client, keep serving
+                    self.errors += 1
+                    log.exception("request from %s failed", peer)
                     await ws.send(f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}")
                     continue
                 self.requests_served += 1
                 await ws.send(data)
                 prev_total_ms = 1000 * (time.monotonic() - start)
-        except ConnectionClosed:
-            pass
+        except ConnectionClosed as e:
+            if e.sent is not None and e.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                self.errors += 1
+                log.warning("closed %s: a frame over max_frame_bytes=%d (%s)", peer, self.max_frame_bytes,
+                            e.sent.reason)
         finally:
             log.info("client disconnected: %s", peer)
 
@@ -115,8 +137,8 @@ class PolicyServer:
     async def run(self) -> None:
         self._stop = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        async with serve(self._handle, self.host, self.port, compression=None, max_size=None,
-                         process_request=self._health) as server:
+        async with serve(self._handle, self.host, self.port, compression=None, max_size=self.max_frame_bytes,
+                         max_queue=MAX_QUEUE, process_request=self._health) as server:
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()
             await self._stop.wait()

@@ -29,3 +29,17 @@ def test_augment_is_deterministic_in_seed_and_stays_in_range():
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - c).max() > 1e-3
     assert a.min() >= 0.0 and a.max() <= 1.0 and a.shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -0.5, 1.5, 255.0])
+def test_float_images_outside_unit_range_are_refused_not_wrapped(value):
+    img = np.full((8, 8, 3), 0.5, np.float32)
+    img[3, 4, 1] = value
+    with pytest.raises(ValueError, match=r"cam: a float image must hold finite values in \[0, 1\]"):
+        transforms.as_uint8_hwc(img, "cam")
+    np.testing.assert_array_equal(transforms.as_uint8_hwc(np.full((8, 8, 3), 1.0, np.float32), "cam"), 255)
+
+
+def test_empty_image_is_refused_before_the_resize_divides_by_zero():
+    with pytest.raises(ValueError, match=r"non-empty image, got shape \(0, 0, 3\)"):
+        transforms.resize_with_pad(np.zeros((0, 0, 3), np.uint8), 224, 224)

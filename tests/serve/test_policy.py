@@ -157,6 +157,7 @@ def test_openpi_checkpoint_layout_uses_preset_sizes(tmp_path):
     cfg = tiny_config(depth=1)
     root = write_tiny_checkpoint(tmp_path / "teacher", cfg, tokenizer=False)
     (root / "model_config.json").unlink()  # openpi checkpoints have none
+    (root / "checksums.json").unlink()  # nor a checksum manifest
     stats = root / "assets" / "norm_stats.json"
     nested = root / "assets" / "physical-intelligence" / "libero" / "norm_stats.json"
     nested.parent.mkdir(parents=True)
