@@ -27,7 +27,7 @@ import sys
 
 from tqdm import tqdm
 
-from shallow_pi_jax import fileio
+from shallow_pi_jax import cli, fileio
 from shallow_pi_jax.perf import aot  # noqa: E402  (imports jax lazily enough for the env below)
 from shallow_pi_jax.training import build, sharding
 from shallow_pi_jax.training import config as train_config
@@ -55,7 +55,7 @@ def parse_args(argv=None):
     ap.add_argument("--num-steps", type=int, default=10, help="denoising steps for --inference (default: %(default)s)")
     ap.add_argument("--no-estimate", action="store_true", help="skip the extra compiles behind FLOPs/time/MFU")
     ap.add_argument("--json", default=None, help="also write the reports to this JSON file")
-    return ap.parse_args(argv)
+    return cli.parse(ap, argv)
 
 
 def main(argv=None) -> int:
@@ -66,16 +66,12 @@ def main(argv=None) -> int:
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     bad = set(steps) - {"kd", "plain"}
     if bad or not steps:
-        raise ValueError(f"--steps: expected a comma-separated subset of kd,plain, got {args.steps!r}")
+        raise cli.UsageError(f"--steps: expected a comma-separated subset of kd,plain, got {args.steps!r}")
     if args.num_steps < 1:
-        raise ValueError(f"--num-steps: expected >= 1, got {args.num_steps}")
+        raise cli.UsageError(f"--num-steps: expected >= 1, got {args.num_steps}")
     reason = aot.libtpu_missing()
     if reason:
-        print(f"error: {reason}", file=sys.stderr)
-        return 1
-
-
-
+        raise OSError(reason)  # the TPU compiler is a package this machine lacks
     topo = aot.tpu_topology(args.topology)
     reports = []
     if args.inference:
@@ -115,4 +111,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

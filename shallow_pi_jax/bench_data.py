@@ -14,16 +14,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import tempfile
 import time
 
 import numpy as np
 from tqdm import tqdm
 
-from shallow_pi_jax.data import norm_stats as _ns  # noqa: E402
-from shallow_pi_jax.data import synthetic  # noqa: E402
-from shallow_pi_jax.data.config import DataConfig, DatasetSpec  # noqa: E402
-from shallow_pi_jax.data.pipeline import make_dataset  # noqa: E402
+from shallow_pi_jax import cli
+from shallow_pi_jax.data import norm_stats as _ns
+from shallow_pi_jax.data import synthetic
+from shallow_pi_jax.data.config import DataConfig, DatasetSpec
+from shallow_pi_jax.data.pipeline import make_dataset
 
 # Training FLOPs per sample (forward + backward ≈ 3x forward) of full pi0 fine-tuning, 3 camera
 # slots through SigLIP (openpi encodes masked cameras too), 48 prompt tokens, horizon 50:
@@ -74,13 +76,16 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3)")
     p.add_argument("--no-augment", action="store_true", help="time without training augmentation")
     p.add_argument("--pi05", action="store_true", help="pi0.5 prompt format and quantile norm")
-    args = p.parse_args(argv)
+    args = cli.parse(p, argv)
     logging.basicConfig(level=logging.WARNING)
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.data_dir:
             if not (args.dataset and args.norm_stats and args.tokenizer):
                 p.error("--data-dir needs --dataset, --norm-stats and --tokenizer")
+            for flag in ("data_dir", "norm_stats", "tokenizer"):
+                if not os.path.exists(getattr(args, flag)):
+                    raise FileNotFoundError(f"--{flag.replace('_', '-')}: {getattr(args, flag)} does not exist")
             name, data_dir, tok, stats = args.dataset, args.data_dir, args.tokenizer, args.norm_stats
         else:
             name, tok, stats = write_synthetic(tmp, args.episodes, args.steps, args.source_size)
@@ -107,4 +112,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import pathlib
 import statistics
+import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
+from shallow_pi_jax import cli
 from shallow_pi_jax.export import onnx_export
 from shallow_pi_jax.export.onnx_policy import OnnxPolicy
 from shallow_pi_jax.export.torch_model import Pi0Torch
@@ -45,11 +47,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch / onnxruntime threads (0: library default)")
     p.add_argument("--onnx-modes", default="single,split", help="onnxruntime layouts to time (default single,split)")
     p.add_argument("--no-onnx", action="store_true", help="PyTorch only")
-    return p.parse_args(argv)
+    return cli.parse(p, argv)
 
 
 def make_config(args):
-
     if args.size == "fixture":
         w, e, m, vit = 64, 32, 128, SiglipConfig(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=(16, 16))
         heads, hd, vocab = 4, 16, 1024
@@ -74,8 +75,6 @@ def _median_ms(fn, repeats):
 
 def main(argv=None):
     args = parse_args(argv)
-
-
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = make_config(args)
@@ -132,4 +131,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

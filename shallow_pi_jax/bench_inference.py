@@ -5,11 +5,17 @@ denoising, and measured latency, side by side with ratios.
     python -m shallow_pi_jax.bench_inference --student-depth 4 --num-steps 5 --out bench.json
     python -m shallow_pi_jax.bench_inference --latency-size real --latency-dtype bfloat16   # on a GPU host
     python -m shallow_pi_jax.bench_inference --flops-size demo --latency-size demo          # seconds, any machine
+    python -m shallow_pi_jax.bench_inference --checkpoint /tmp/shallow_pi_demo              # a trained student
 
 FLOPs need no weights (abstract params) and are counted with every layer/step scan unrolled, since
 XLA's cost analysis counts a loop body once. Two camera settings are reported: all 3 cameras, and
 LIBERO's 2 cameras (right wrist masked): openpi still runs SigLIP on the masked camera, this
 project's Policy skips it; the saving is shown.
+
+--checkpoint takes any policy directory (a training run's --workdir, a student directory, an
+openpi checkpoint or its params/) and replaces the named sizes with its model: the student is
+that model at its own depth, the teacher the same model at its layer map's teacher depth
+(--teacher-depth otherwise). A model with other than 3 cameras is reported with all of them.
 
 Latency is the wall time of one jitted `sample_actions` call (batch 1, random weights, after
 warm-up; median of --repeats) on the machine it runs on. The real sizes are too slow to time on a
@@ -28,7 +34,8 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from shallow_pi_jax import fileio
+from shallow_pi_jax import cli, fileio
+from shallow_pi_jax.checkpoint import policy_dir
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.observation import dummy_observation
 from shallow_pi_jax.perf import costs
@@ -75,44 +82,65 @@ def measure_latency(cfg: ModelConfig, num_steps: int, repeats: int, warmup: int,
             "min_ms": float(np.min(times)), "compile_s": compile_s, "repeats": repeats}
 
 
+ALL3, MASKED = "3 cameras", "2 cameras (masked 3rd skipped)"
+
+
+def checkpoint_model(args) -> tuple[ModelConfig, int, str]:
+    """(the directory's model, its teacher's depth, its path) for --checkpoint."""
+    pd = policy_dir.read(cli.policy_path(args.checkpoint))
+    cfg = pd.model_config(action_horizon=args.horizon, max_token_len=args.max_token_len)
+    if args.student_depth is not None and args.student_depth != cfg.depth:
+        raise cli.UsageError(f"--student-depth: {pd.root} holds {cfg.depth} layers, got {args.student_depth}")
+    teacher_depth = args.teacher_depth or int((pd.layer_map or {}).get("teacher_depth") or cfg.depth)
+    return cfg, teacher_depth, str(pd.root)
+
+
 def run(args) -> dict:
-    teacher_cfg = model_config(args.flops_size, not args.pi0, args.horizon, args.max_token_len)
-    teacher_depth = args.teacher_depth or teacher_cfg.depth
-    depths = {"teacher": teacher_depth, "student": args.student_depth}
+    if args.checkpoint:
+        teacher_cfg, teacher_depth, source = checkpoint_model(args)
+        student_depth, flops_size = teacher_cfg.depth, source
+        teacher_cfg = teacher_cfg.with_depth(teacher_depth)
+    else:
+        teacher_cfg = model_config(args.flops_size, not args.pi0, args.horizon, args.max_token_len)
+        teacher_depth, student_depth = args.teacher_depth or teacher_cfg.depth, args.student_depth or 6
+        flops_size = args.flops_size
+    depths = {"teacher": teacher_depth, "student": student_depth}
     all_cams = tuple(teacher_cfg.image_keys)
-    libero_cams = all_cams[:2]
-    result = {"flops_size": args.flops_size, "flops_stage": "lowered" if args.fast_flops else "compiled",
-              "pi05": not args.pi0, "num_steps": args.num_steps,
+    # LIBERO's setting (the 3rd camera masked) only exists for a 3-camera model.
+    settings = {ALL3: all_cams, MASKED: all_cams[:2]} if len(all_cams) == 3 else {f"{len(all_cams)} cameras": all_cams}
+    result = {"flops_size": flops_size, "flops_stage": "lowered" if args.fast_flops else "compiled",
+              "pi05": teacher_cfg.pi05, "num_steps": args.num_steps,
               "action_horizon": teacher_cfg.action_horizon, "max_token_len": teacher_cfg.max_token_len,
-              "depths": depths, "flops": {}, "latency": {}, "device": str(jax.devices()[0].device_kind),
-              "backend": jax.default_backend(), "paper": PAPER}
+              "depths": depths, "settings": list(settings), "flops": {}, "latency": {},
+              "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "paper": PAPER}
     if not args.skip_flops:
-        bar = tqdm(total=2 * 2, desc="FLOPs (compiling unrolled programs)")
+        bar = tqdm(total=2 * len(settings), desc="FLOPs (compiling unrolled programs)")
         for who, depth in depths.items():
             cfg = teacher_cfg.with_depth(depth)
             full = costs.inference_flops(cfg, num_steps=args.num_steps, compiled=not args.fast_flops)
             bar.update()
-            # Skipping a camera changes only the vision part (the prefix keeps its masked slots).
-            vision2 = costs.vision_flops(cfg, libero_cams, compiled=not args.fast_flops)
-            bar.update()
-            result["flops"][who] = {"3 cameras": full.to_dict(),
-                                    "2 cameras (masked 3rd skipped)": {
-                                        "vision": vision2, "prefix": full.prefix, "denoise": full.denoise,
-                                        "total": vision2 + full.prefix + full.denoise,
-                                        "cameras": list(libero_cams)}}
+            result["flops"][who] = {next(iter(settings)): full.to_dict()}
+            if MASKED in settings:
+                # Skipping a camera changes only the vision part (the prefix keeps its masked slots).
+                vision2 = costs.vision_flops(cfg, settings[MASKED], compiled=not args.fast_flops)
+                bar.update()
+                result["flops"][who][MASKED] = {"vision": vision2, "prefix": full.prefix, "denoise": full.denoise,
+                                                "total": vision2 + full.prefix + full.denoise,
+                                                "cameras": list(settings[MASKED])}
         bar.close()
     if not args.skip_latency:
-        lat_size = args.latency_size or ("demo" if jax.default_backend() == "cpu" else "real")
-        lat_cfg = model_config(lat_size, not args.pi0, args.horizon, args.max_token_len)
+        if args.checkpoint:
+            lat_size, lat_cfg = flops_size, teacher_cfg
+        else:
+            lat_size = args.latency_size or ("demo" if jax.default_backend() == "cpu" else "real")
+            lat_cfg = model_config(lat_size, not args.pi0, args.horizon, args.max_token_len)
         if args.latency_dtype:
             lat_cfg = dataclasses.replace(lat_cfg, dtype=args.latency_dtype)
         result["latency_size"], result["latency_dtype"] = lat_size, lat_cfg.dtype
-        for who, depth in tqdm(list(depths.items()), desc=f"latency ({lat_size})"):
+        for who, depth in tqdm(list(depths.items()), desc="latency"):
             cfg = lat_cfg.with_depth(depth)
-            result["latency"][who] = {
-                "3 cameras": measure_latency(cfg, args.num_steps, args.repeats, args.warmup, all_cams),
-                "2 cameras (masked 3rd skipped)": measure_latency(cfg, args.num_steps, args.repeats, args.warmup,
-                                                                  libero_cams)}
+            result["latency"][who] = {name: measure_latency(cfg, args.num_steps, args.repeats, args.warmup, cams)
+                                      for name, cams in settings.items()}
     return result
 
 
@@ -131,7 +159,7 @@ def format_table(r: dict) -> str:
     d = r["depths"]
     head = f"| | teacher L{d['teacher']} | student L{d['student']} | teacher / student |\n|---|---|---|---|\n"
     lines = []
-    for setting in ("3 cameras", "2 cameras (masked 3rd skipped)"):
+    for setting in r["settings"]:
         if r["flops"]:
             lines.append(f"\n**FLOPs per inference, {setting}** ({'π0.5' if r['pi05'] else 'π0'} {r['flops_size']} "
                          f"sizes, {r['num_steps']} steps, horizon {r['action_horizon']}, "
@@ -145,13 +173,14 @@ def format_table(r: dict) -> str:
             lines.append(f"| latency, median ({r['latency_size']} sizes, {r['latency_dtype']}, {r['backend']}: "
                          f"{r['device']}) | {t['median_ms']:.2f} ms | {s['median_ms']:.2f} ms | "
                          f"{_fmt_ratio(t['median_ms'], s['median_ms'])} |\n")
-    if r["flops"]:
-        t3, t2 = r["flops"]["teacher"]["3 cameras"], r["flops"]["teacher"]["2 cameras (masked 3rd skipped)"]
+    if r["flops"] and MASKED in r["settings"]:
+        t3, t2 = r["flops"]["teacher"][ALL3], r["flops"]["teacher"][MASKED]
         saved = t3["total"] - t2["total"]
         lines.append(f"\nSkipping SigLIP on the masked camera (LIBERO, 2 of 3 cameras) saves {fmt_flops(saved)}FLOPs "
                      f"per inference: {100 * saved / t3['total']:.1f} % of the teacher, "
-                     f"{100 * saved / r['flops']['student']['3 cameras']['total']:.1f} % of the student "
+                     f"{100 * saved / r['flops']['student'][ALL3]['total']:.1f} % of the student "
                      "(openpi computes it anyway).\n")
+    if r["flops"]:
         p = r["paper"]
         lines.append(f"Paper (π0.5 L18 → L6, {p['device']}): {p['teacher_tflops']} T → {p['student_tflops']} T FLOPs "
                      f"({p['teacher_tflops'] / p['student_tflops']:.2f}×), {p['teacher_ms']} → {p['student_ms']} ms "
@@ -162,10 +191,14 @@ def format_table(r: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pi0", action="store_true", help="π0 instead of π0.5")
-    p.add_argument("--student-depth", type=int, default=6, help="student layers (default: 6)")
+    p.add_argument("--checkpoint", "--params", dest="checkpoint", default=None,
+                   help="a policy directory: its model instead of the named sizes (see above)")
+    p.add_argument("--student-depth", type=int, default=None,
+                   help="student layers (default: 6, or the --checkpoint's depth)")
     p.add_argument("--teacher-depth", type=int, default=None, help="teacher layers (default: the config's, 18)")
     p.add_argument("--num-steps", type=int, default=10, help="flow integration steps (default: 10)")
-    p.add_argument("--horizon", type=int, default=None, help="action chunk (default: 10 real, config's otherwise)")
+    p.add_argument("--horizon", "--action-horizon", dest="horizon", type=int, default=None,
+                   help="action chunk (default: 10 real, config's otherwise; an openpi checkpoint needs it)")
     p.add_argument("--max-token-len", type=int, default=None, help="prompt tokens (default: 200 π0.5, 48 π0)")
     p.add_argument("--flops-size", default="real", choices=["real", "demo", "tiny"],
                    help="model sizes for the FLOP count (default: real)")
@@ -184,10 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.student_depth < 1 or args.num_steps < 1 or args.repeats < 1:
-        print("error: --student-depth, --num-steps and --repeats must be >= 1", file=sys.stderr)
-        return 2
+    args = cli.parse(build_parser(), argv)
+    for flag in ("student_depth", "teacher_depth", "num_steps", "repeats"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise cli.UsageError(f"--{flag.replace('_', '-')}: expected >= 1, got {value}")
     result = run(args)
     print(format_table(result))
     if args.out:
@@ -197,4 +231,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -36,7 +36,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from shallow_pi_jax import fileio  # noqa: E402
+from shallow_pi_jax import cli, fileio  # noqa: E402
 from shallow_pi_jax.models.params import init_params  # noqa: E402
 from shallow_pi_jax.perf import aot, costs  # noqa: E402
 from shallow_pi_jax.training import build, sharding  # noqa: E402
@@ -124,14 +124,17 @@ def parse_args(argv=None):
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
-    return ap.parse_args(argv)
+    return cli.parse(ap, argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    counts = [int(x) for x in args.devices.split(",") if x.strip()]
     available = len(jax.devices())
-    if any(n < 1 or n > available for n in counts):
+    try:
+        counts = [int(x) for x in args.devices.split(",") if x.strip()]
+    except ValueError:
+        counts = [0]
+    if not counts or any(n < 1 or n > available for n in counts):
         raise ValueError(f"--devices: expected sizes in [1, {available}] (simulated CPU devices), got {args.devices!r}")
     if args.repeats < 1:
         raise ValueError(f"--repeats: expected >= 1, got {args.repeats}")
@@ -166,4 +169,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

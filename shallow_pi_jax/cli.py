@@ -6,12 +6,19 @@ FileNotFoundError or another OSError with such a message; anything else is a bug
 with its type, so it is still recognisable. `--verbose` (or SHALLOW_PI_VERBOSE=1) adds the
 traceback.
 
-    def main(argv=None) -> int: ...
+    def main(argv=None) -> int:
+        args = cli.parse(parser, argv)   # adds --verbose, parses, sets the log levels
+        ...
     if __name__ == "__main__":
         sys.exit(cli.run(main))
+
+A bad value of one flag, found after argparse (a range, a combination), is a UsageError: the same
+`error: …` line, with argparse's exit status 2.
 """
 from __future__ import annotations
 
+import argparse
+import pathlib
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -19,7 +26,16 @@ from collections.abc import Callable, Sequence
 from shallow_pi_jax import verbosity
 
 EXIT_ERROR = 1
+EXIT_USAGE = 2  # argparse's own status for a bad command line
 EXIT_INTERRUPTED = 130
+
+# What the trainer writes into its --workdir at the end of a run: the student's policy directory.
+RUN_STUDENT = "student"
+
+
+class UsageError(ValueError):
+    """A flag's value is wrong (exit status 2, like argparse's own usage errors)."""
+
 
 # Raised with a message that already says everything: no type name in front of it.
 _USER_ERRORS = (ValueError, OSError, KeyError, TypeError)
@@ -28,6 +44,8 @@ _USER_ERRORS = (ValueError, OSError, KeyError, TypeError)
 def message(e: BaseException) -> str:
     """`e` as the text after `error: ` (a KeyError's repr quotes are dropped)."""
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    # Some messages list their details on further lines; the error stays one line.
+    text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
     if not text:
         text = type(e).__name__
     elif not isinstance(e, _USER_ERRORS):
@@ -42,13 +60,48 @@ def report(e: BaseException, *, verbose: bool = False) -> None:
 
 
 def run(main: Callable[..., int | None], argv: Sequence[str] | None = None) -> int:
-    """Call `main(argv)`; return its exit status, or report an exception and return non-zero."""
+    """Call `main(argv)`; return its exit status, or report an exception and return non-zero.
+
+    A `main` may return what it made (a path, results) for callers in Python: anything but an int
+    is success."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        return int(main(argv) or 0)
+        status = main(argv)
+        return status if isinstance(status, int) else 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - the one place every command's errors end up
         report(e, verbose="--verbose" in args)
-        return EXIT_ERROR
+        return EXIT_USAGE if isinstance(e, UsageError) else EXIT_ERROR
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the libraries' INFO logs and, on an error, the traceback "
+                             f"(also {verbosity.ENV}=1)")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse with a --verbose flag added, then set the libraries' log levels from it."""
+    args = add_verbose(parser).parse_args(argv)
+    verbosity.configure(args.verbose)
+    return args
+
+
+def policy_path(path) -> pathlib.Path:
+    """The policy directory a command-line path names: a trainer's run directory means the student
+    it wrote (RUN/student); anything else is returned as given, for policy_dir.read to judge.
+
+    A run still training has no student yet; saying so beats "not a checkpoint"."""
+    p = pathlib.Path(path).expanduser()
+    if not p.is_dir() or (p / "params").exists() or (p / "_METADATA").exists():
+        return p
+    if (p / RUN_STUDENT).is_dir():
+        return p / RUN_STUDENT
+    if (p / "checkpoints").is_dir() and (p / "config.json").is_file():
+        raise FileNotFoundError(f"{p}: a training run without {RUN_STUDENT}/ (the trainer writes it at the end); "
+                                f"export a saved step with python -m shallow_pi_jax.export_checkpoint --workdir {p} "
+                                "--out DIR")
+    return p

@@ -21,10 +21,12 @@ import dataclasses
 import json
 import logging
 import pathlib
+import sys
 
-from shallow_pi_jax.data import compute_stats  # noqa: E402
-from shallow_pi_jax.data import norm_stats as _ns  # noqa: E402
-from shallow_pi_jax.data.config import DataConfig, DatasetSpec  # noqa: E402
+from shallow_pi_jax import cli
+from shallow_pi_jax.data import compute_stats
+from shallow_pi_jax.data import norm_stats as _ns
+from shallow_pi_jax.data.config import DataConfig, DatasetSpec
 from shallow_pi_jax.training import config as train_config
 
 
@@ -32,7 +34,10 @@ def bool_mask(text: str) -> tuple[bool, ...]:
     """openpi's make_bool_mask notation: "6,-1" → six True then one False."""
     out = []
     for part in text.split(","):
-        n = int(part)
+        try:
+            n = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated ints like 6,-1, got {text!r}") from None
         out.extend([n > 0] * abs(n))
     return tuple(out)
 
@@ -53,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--skip-bad-episodes", action="store_true",
                    help="skip (and count) empty or NaN episodes instead of failing")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = p.parse_args(argv)
+    args = cli.parse(p, argv)
     if args.config is None and (args.data_dir is None or args.dataset is None or args.out is None):
         p.error("give either --config or all of --data-dir, --dataset and --out")
     if args.max_frames is not None and args.max_frames <= 0:
@@ -66,7 +71,13 @@ def jobs(args) -> list[tuple[DataConfig, tuple[DatasetSpec, ...], str]]:
     if args.config is None:
         mapping = args.mapping
         if mapping.endswith(".json"):
-            mapping = json.loads(pathlib.Path(mapping).read_text())
+            path = pathlib.Path(mapping)
+            if not path.is_file():
+                raise FileNotFoundError(f"--mapping: {path} does not exist")
+            try:
+                mapping = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--mapping: {path} is not valid JSON ({e})") from None
         spec = DatasetSpec(name=args.dataset, data_dir=args.data_dir, mapping=mapping, split=args.split)
         cfg = DataConfig(datasets=(spec,), horizon=args.horizon, action_dim=args.action_dim,
                          delta_action_mask=args.delta_action_mask, skip_bad_episodes=args.skip_bad_episodes,
@@ -89,7 +100,7 @@ def jobs(args) -> list[tuple[DataConfig, tuple[DatasetSpec, ...], str]]:
 
 def main(argv=None) -> list[pathlib.Path]:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     written = []
     for cfg, specs, path in jobs(args):
         state, actions, elog = compute_stats.collect(cfg, specs, args.max_frames, progress=not args.no_progress)
@@ -101,4 +112,4 @@ def main(argv=None) -> list[pathlib.Path]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -9,7 +9,9 @@ per step of the action chunk, against the ground truth and against the teacher.
         --data-dir /data/rlds --dataset libero_10_no_noops --split "train[-10%:]" \
         --tokenizer /ckpt/paligemma_tokenizer.model --out runs/l6/eval
 
-Writes OUT/summary.json and OUT/action_error.png (all or nothing). Errors are in robot units
+--checkpoint and --teacher take any policy directory: a training run's --workdir (its student/), a
+student directory, an openpi checkpoint or its params/. Writes OUT/summary.json and
+OUT/action_error.png (all or nothing). Errors are in robot units
 (actions unnormalised with the checkpoint's norm stats, sliced to the robot's dims): mean absolute
 error and RMSE per horizon step, averaged over frames and action dims, plus per-dim MAE. Student
 and teacher see the same batches and the same noise (--noise-seed), so their difference is the
@@ -24,7 +26,8 @@ import time
 
 import numpy as np
 
-from shallow_pi_jax import fileio
+from shallow_pi_jax import cli, fileio
+from shallow_pi_jax.checkpoint import policy_dir
 from shallow_pi_jax.data import norm_stats as ns
 from shallow_pi_jax.data import transforms as data_transforms
 from shallow_pi_jax.data.pipeline import make_dataset
@@ -40,8 +43,9 @@ from shallow_pi_jax.serve.presets import get_preset
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="student checkpoint directory")
-    p.add_argument("--teacher", default=None, help="teacher checkpoint directory (optional)")
+    p.add_argument("--checkpoint", "--params", dest="checkpoint", required=True,
+                   help="student policy directory (a training run, a student directory, a checkpoint or its params/)")
+    p.add_argument("--teacher", default=None, help="teacher policy directory (optional)")
     add_data_flags(p)
     p.add_argument("--max-frames", type=int, default=512, help="frames evaluated (default 512; 0 = all)")
     p.add_argument("--num-steps", type=int, default=10, help="flow integration steps (default: 10)")
@@ -51,28 +55,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_teacher(path, student, preset):
+    """The teacher; an openpi checkpoint records no horizon or prompt length: it reads the student's."""
+    path = cli.policy_path(path)
+    recorded = policy_dir.read(path).config is not None
+    s = student.config
+    return load_checkpoint(path, preset=preset, action_horizon=None if recorded else s.action_horizon,
+                           max_token_len=None if recorded else s.max_token_len)
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        preset = get_preset(args.env)
-        if args.out.exists() and not args.overwrite:
-            raise ValueError(f"--out: {args.out} exists (pass --overwrite)")
-        student = load_checkpoint(args.checkpoint, preset=preset)
-        teacher = load_checkpoint(args.teacher, preset=preset,
-                                  action_horizon=None if (pathlib.Path(args.teacher) / "model_config.json").exists()
-                                  else student.config.action_horizon,
-                                  max_token_len=None if (pathlib.Path(args.teacher) / "model_config.json").exists()
-                                  else student.config.max_token_len) if args.teacher else None
-        s_cfg = student.config
-        if teacher is not None:
-            for field in ("pi05", "action_horizon", "action_dim", "max_token_len", "image_keys", "image_size"):
-                if getattr(teacher.config, field) != getattr(s_cfg, field):
-                    raise ValueError(f"teacher.{field}: {getattr(teacher.config, field)} differs from the student's "
-                                     f"{getattr(s_cfg, field)}; they must read the same inputs")
-        data_cfg, stats_path, dataset, data_dir = eval_data_config(args, student, preset)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args = cli.parse(build_parser(), argv)
+    preset = get_preset(args.env)
+    if args.out.exists() and not args.overwrite:
+        raise ValueError(f"--out: {args.out} exists (pass --overwrite)")
+    student = load_checkpoint(cli.policy_path(args.checkpoint), preset=preset)
+    teacher = load_teacher(args.teacher, student, preset) if args.teacher else None
+    s_cfg = student.config
+    if teacher is not None:
+        for field in ("pi05", "action_horizon", "action_dim", "max_token_len", "image_keys", "image_size"):
+            if getattr(teacher.config, field) != getattr(s_cfg, field):
+                raise ValueError(f"teacher.{field}: {getattr(teacher.config, field)} differs from the student's "
+                                 f"{getattr(s_cfg, field)}; they must read the same inputs")
+    data_cfg, stats_path, dataset, data_dir = eval_data_config(args, student, preset)
 
     out_tf = data_transforms.make_output_transform(data_cfg)
     stats = ns.load(stats_path)["actions"]
@@ -108,4 +113,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

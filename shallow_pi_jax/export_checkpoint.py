@@ -4,7 +4,8 @@
 
 Writes OUT/params (openpi layout), OUT/model_config.json, OUT/layer_map.json (when distilled) and
 OUT/assets/norm_stats.json, taken from the run's config.json — the same layout the trainer writes
-to WORKDIR/student at the end of a run. Nothing is written if the step or the run is not found.
+to WORKDIR/student at the end of a run. --workdir may also name the run's student/ (or its
+params/). Nothing is written if the step or the run is not found, and nothing partial on an error.
 """
 from __future__ import annotations
 
@@ -16,8 +17,21 @@ import sys
 import ml_collections
 import orbax.checkpoint as ocp
 
+from shallow_pi_jax import cli, fileio
 from shallow_pi_jax.training import build
 from shallow_pi_jax.training.checkpoints import export_student
+
+
+def find_run(path: pathlib.Path) -> pathlib.Path:
+    """The run directory: `path` itself, or the run whose student/ (or student/params) it names."""
+    path = path.expanduser().absolute()
+    for run in (path, path.parent, path.parent.parent):
+        if (run / "config.json").is_file() and (run / "checkpoints").is_dir():
+            return run
+    if not path.exists():
+        raise FileNotFoundError(f"--workdir: {path} does not exist")
+    raise ValueError(f"--workdir: {path} is not a training run (expected config.json and checkpoints/ "
+                     "written by python -m shallow_pi_jax.train)")
 
 
 def main(argv=None) -> int:
@@ -26,30 +40,30 @@ def main(argv=None) -> int:
     ap.add_argument("--step", type=int, default=None, help="saved step to export (default: the latest)")
     ap.add_argument("--ema", action="store_true", help="export the EMA params instead of the raw ones")
     ap.add_argument("--out", type=pathlib.Path, required=True, help="output directory (must not exist)")
-    args = ap.parse_args(argv)
+    args = cli.parse(ap, argv)
 
-    cfg_path = args.workdir / "config.json"
-    if not cfg_path.exists():
-        ap.error(f"{cfg_path} not found: is --workdir a training run?")
+    run = find_run(args.workdir)
     if args.out.exists():
-        ap.error(f"--out {args.out} already exists")
-    config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
-    with ocp.CheckpointManager((args.workdir / "checkpoints").absolute()) as mngr:
+        raise ValueError(f"--out: {args.out} already exists")
+    config = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
+    with ocp.CheckpointManager(run / "checkpoints") as mngr:
         steps = mngr.all_steps()
         step = args.step if args.step is not None else mngr.latest_step()
         if step is None or step not in steps:
-            ap.error(f"step {args.step} not saved in {args.workdir / 'checkpoints'} (saved: {sorted(steps)})")
+            raise ValueError(f"--step: {'the latest' if args.step is None else args.step} is not saved in "
+                             f"{run / 'checkpoints'} (saved: {sorted(steps)})")
         state = mngr.restore(step, args=ocp.args.StandardRestore())
     params = state["ema_params"] if args.ema else state["params"]
     if params is None:
-        ap.error("--ema: this run kept no EMA params (optim.ema_decay was None)")
+        raise ValueError(f"--ema: {run} kept no EMA params (optim.ema_decay was None)")
     spec = build.run_spec(config)
     lmap = spec.layer_map.to_dict() if spec.layer_map else None
-    export_student(params, args.out, spec.student_cfg.to_dict(), lmap, config.data.norm_stats_path,
-                   config.teacher.params or None)
-    print(f"exported step {step} of {args.workdir} to {args.out}")
+    with fileio.atomic_dir(args.out) as tmp:
+        export_student(params, tmp, spec.student_cfg.to_dict(), lmap, config.data.norm_stats_path,
+                       config.teacher.params or None)
+    print(f"exported step {step} of {run} to {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

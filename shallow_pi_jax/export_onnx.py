@@ -1,31 +1,47 @@
-"""Export a PyTorch policy directory (from shallow_pi_jax.export_torch) to ONNX and check it with onnxruntime.
+"""Export a policy to ONNX and check it with onnxruntime.
 
     python -m shallow_pi_jax.export_onnx --torch DIR --out model.onnx                  # one graph, 10 steps unrolled
+    python -m shallow_pi_jax.export_onnx --checkpoint runs/l6 --out model.onnx         # straight from a policy dir
     python -m shallow_pi_jax.export_onnx --torch DIR --out model.onnx \\
         --mode split  # model_prefix.onnx + model_step.onnx
     python -m shallow_pi_jax.export_onnx --torch DIR --out model.onnx --num-steps 5 --verify-batch 2
 
+The source (--torch, --checkpoint and --params are one flag) is a PyTorch export written by
+shallow_pi_jax.export_torch, or any policy directory (a training run's --workdir, a student
+directory, an openpi checkpoint or its params/), converted to PyTorch in memory (float32).
 Graphs are float32, opset >= 17, dynamic batch; graphs over 2 GB keep their weights in one
 `<name>.onnx.data` file next to them. Unless --no-verify, onnxruntime runs the graph(s) on a random
 observation and the result is compared with PyTorch's sample_actions (same noise); a difference over
---tol (default 1e-4) is an error and the files are removed. See docs/export.md for the layouts.
+--tol (default 1e-4) is an error. The graphs are written and checked in a hidden temporary
+directory and moved into place only when they pass. See docs/export.md for the layouts.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import pathlib
+import sys
+import tempfile
 import time
 
 import numpy as np
 import torch
 
+from shallow_pi_jax import cli
+from shallow_pi_jax.checkpoint import policy_dir
+from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
+from shallow_pi_jax.export.convert import convert_params
 from shallow_pi_jax.export.onnx_export import example_observation, export_onnx
 from shallow_pi_jax.export.onnx_policy import OnnxPolicy
-from shallow_pi_jax.export.torch_model import load_pretrained
+from shallow_pi_jax.export.torch_model import Pi0Torch, load_pretrained, load_state
+
+TORCH_WEIGHTS = "model.safetensors"  # what marks a directory written by export_torch
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--torch", required=True, help="directory written by shallow_pi_jax.export_torch")
+    p.add_argument("--torch", "--checkpoint", "--params", dest="source", required=True,
+                   help="a directory written by shallow_pi_jax.export_torch, or any policy directory")
     p.add_argument("--out", required=True, help="output .onnx path (split mode adds _prefix / _step)")
     p.add_argument("--mode", default="single", choices=("single", "split"),
                    help="single: one graph with the loop unrolled (default); split: prefix + step graphs")
@@ -36,12 +52,29 @@ def parse_args(argv=None):
     p.add_argument("--verify-batch", type=int, default=2, help="batch of the onnxruntime check (default 2)")
     p.add_argument("--tol", type=float, default=1e-4, help="max |onnxruntime - PyTorch| on actions (default 1e-4)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
-    return p.parse_args(argv)
+    p.add_argument("--no-checksums", action="store_true",
+                   help="skip checking the checkpoint's files against its checksums.json (faster on huge checkpoints)")
+    p.add_argument("--action-horizon", type=int,
+                   help="actions per chunk, for an openpi checkpoint (policy directories of ours record it)")
+    p.add_argument("--max-token-len", type=int, help="prompt tokens, for an openpi checkpoint")
+    return cli.parse(p, argv)
+
+
+def load_model(args) -> Pi0Torch:
+    """The float32 PyTorch model of a PyTorch export, or of a policy directory converted in memory."""
+    src = pathlib.Path(args.source).expanduser()
+    if not src.exists():
+        raise FileNotFoundError(f"--torch: {src} does not exist")
+    if (src / TORCH_WEIGHTS).is_file():
+        return load_pretrained(src, dtype="float32")
+    pd = policy_dir.read(cli.policy_path(src), verify=not args.no_checksums)
+    cfg = pd.model_config(action_horizon=args.action_horizon, max_token_len=args.max_token_len)
+    reader = ParamsReader(pd.params_dir, verify=not args.no_checksums)
+    tensors = convert_params(reader.read, cfg, torch.float32, shapes=pd.shapes)
+    return load_state(Pi0Torch(cfg), tensors, str(pd.params_dir)).eval().requires_grad_(False)
 
 
 def verify(model, files, batch: int, num_steps: int, tol: float) -> float:
-
-
     obs = example_observation(model, batch, seed=1)
     c = model.config
     noise = np.random.default_rng(2).standard_normal((batch, c.action_horizon, c.action_dim)).astype(np.float32)
@@ -56,26 +89,33 @@ def verify(model, files, batch: int, num_steps: int, tol: float) -> float:
 
 def main(argv=None):
     args = parse_args(argv)
-
-    model = load_pretrained(args.torch, dtype="float32")
+    out = pathlib.Path(args.out).expanduser().absolute()
+    if out.suffix != ".onnx":
+        raise cli.UsageError(f"--out: expected a path ending in .onnx, got {str(out)!r}")
+    if out.is_dir():
+        raise ValueError(f"--out: {out} is a directory; expected a .onnx file path")
+    model = load_model(args)
     c = model.config
     print(f"{'π0.5' if c.pi05 else 'π0'} depth {c.depth}: exporting {args.mode} graph(s), {args.num_steps} steps")
-    t0 = time.perf_counter()
-    files = export_onnx(model, args.out, mode=args.mode, num_steps=args.num_steps, opset=args.opset,
-                        external_data=args.external_data)
-    print(f"exported in {time.perf_counter() - t0:.1f} s: " + ", ".join(
-        f"{f.name} ({f.stat().st_size / 2**20:.1f} MiB)" for f in files))
-    if not args.no_verify:
-        try:
-            err = verify(model, files, args.verify_batch, args.num_steps, args.tol)
-        except BaseException:
-            for f in files:
-                f.unlink(missing_ok=True)
-            raise
-        print(f"onnxruntime vs PyTorch sample_actions (batch {args.verify_batch}): "
-              f"max |diff| {err:.2e} <= {args.tol:g}")
-    return files
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written and verified beside --out, moved into place only once they pass: a failed export or
+    # check leaves earlier files as they were. A graph finds its .onnx.data by file name, so the
+    # files move together.
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.", suffix=".tmp") as tmp:
+        t0 = time.perf_counter()
+        staged = export_onnx(model, pathlib.Path(tmp) / out.name, mode=args.mode, num_steps=args.num_steps,
+                             opset=args.opset, external_data=args.external_data)
+        print(f"exported in {time.perf_counter() - t0:.1f} s: " + ", ".join(
+            f"{out.parent / f.name} ({f.stat().st_size / 2**20:.1f} MiB)" for f in staged))
+        if not args.no_verify:
+            err = verify(model, staged, args.verify_batch, args.num_steps, args.tol)
+            print(f"onnxruntime vs PyTorch sample_actions (batch {args.verify_batch}): "
+                  f"max |diff| {err:.2e} <= {args.tol:g}")
+        # Weights first, graphs last: a graph in place always finds its data.
+        for f in sorted(staged, key=lambda f: f.suffix == ".onnx"):
+            os.replace(f, out.parent / f.name)
+    return [out.parent / f.name for f in staged]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -20,7 +20,7 @@ import sys
 import jax
 from tqdm import tqdm
 
-from shallow_pi_jax import fileio
+from shallow_pi_jax import cli, fileio
 from shallow_pi_jax.data.pipeline import make_dataset
 from shallow_pi_jax.eval.layer_similarity import format_table, plot, similarity
 from shallow_pi_jax.eval.open_loop import add_data_flags, eval_data_config
@@ -30,26 +30,27 @@ from shallow_pi_jax.serve.presets import get_preset
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="teacher (or any) checkpoint directory")
+    p.add_argument("--checkpoint", "--params", dest="checkpoint", required=True,
+                   help="any policy directory: a training run, a student directory, a checkpoint or its params/")
     add_data_flags(p)
     p.add_argument("--times", default="0.05,0.25,0.5,0.75,1.0", help="flow times t, comma-separated")
     p.add_argument("--max-frames", type=int, default=64, help="frames averaged over (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=pathlib.Path, required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
+    args = cli.parse(p, argv)
     try:
         times = [float(t) for t in args.times.split(",") if t.strip()]
-        if not times or not all(0.0 <= t <= 1.0 for t in times):
-            raise ValueError(f"--times: expected values in [0, 1], got {args.times!r}")
-        if args.out.exists() and not args.overwrite:
-            raise ValueError(f"--out: {args.out} exists (pass --overwrite)")
-        preset = get_preset(args.env)
-        ckpt = load_checkpoint(args.checkpoint, preset=preset)
-        data_cfg, _, dataset, _ = eval_data_config(args, ckpt, preset)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError:
+        times = []
+    if not times or not all(0.0 <= t <= 1.0 for t in times):
+        raise cli.UsageError(f"--times: expected comma-separated values in [0, 1], got {args.times!r}")
+    if args.out.exists() and not args.overwrite:
+        raise ValueError(f"--out: {args.out} exists (pass --overwrite)")
+    preset = get_preset(args.env)
+    ckpt = load_checkpoint(cli.policy_path(args.checkpoint), preset=preset)
+    data_cfg, _, dataset, _ = eval_data_config(args, ckpt, preset)
+
     def limited(it):
         seen = 0
         for batch in tqdm(it, desc="layer similarity", unit="batch"):
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with fileio.atomic_dir(args.out, overwrite=True) as tmp:
         fileio.write_json(tmp / "layer_similarity.json", res)
-        (tmp / "layer_similarity.md").write_text(table)
+        fileio.write_text(tmp / "layer_similarity.md", table)
         plot(res, tmp / "layer_similarity.png", f"{ckpt.root.name}: L{ckpt.config.depth} on {dataset}")
     print(table)
     print(f"wrote {args.out}/layer_similarity.{{json,md,png}}")
@@ -73,4 +74,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

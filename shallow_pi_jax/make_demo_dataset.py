@@ -14,7 +14,8 @@ import pathlib
 import sys
 import time
 
-from shallow_pi_jax.sim import demo_dataset  # noqa: E402
+from shallow_pi_jax import cli
+from shallow_pi_jax.sim import demo_dataset
 
 
 def _dir_size(path: pathlib.Path) -> int:
@@ -35,21 +36,19 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a different build (or other files) in --data-dir")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    args = cli.parse(parser, argv)
 
+    # Deferred like sim.demo_dataset does: TensorFlow's start-up is only paid for a build.
     import tensorflow_datasets as tfds
     from tqdm import tqdm
 
     tfds.disable_progress_bar()  # ours covers the work; tfds' own bars would interleave with it
     start = time.perf_counter()
-    try:
-        demo = demo_dataset.build_demo_dataset(
-            args.data_dir, num_episodes=args.num_episodes, seed=args.seed, image_size=args.image_size,
-            overwrite=args.overwrite,
-            progress=lambda it: tqdm(it, total=args.num_episodes, desc="expert episodes", unit="episode",
-                                     disable=args.quiet))
-    except ValueError as e:
-        parser.error(str(e))
+    demo = demo_dataset.build_demo_dataset(
+        args.data_dir, num_episodes=args.num_episodes, seed=args.seed, image_size=args.image_size,
+        overwrite=args.overwrite,
+        progress=lambda it: tqdm(it, total=args.num_episodes, desc="expert episodes", unit="episode",
+                                 disable=args.quiet))
     seconds = time.perf_counter() - start
     info = demo.info
     print(f"{demo.name}:{demo.version} in {demo.data_dir}: {info['num_episodes']} episodes, "
@@ -59,4 +58,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

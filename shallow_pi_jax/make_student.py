@@ -10,6 +10,7 @@ Writes, all or nothing (built in a hidden sibling directory and renamed at the e
   DIR/layer_map.json   teacher/student depth, teacher layer indices, strategy, teacher path and sha256
   DIR/model_config.json  the teacher's model_config.json at the student's depth, when the teacher has one
   DIR/assets/          a copy of the teacher's assets/ (norm stats), when the teacher has one
+  DIR/checksums.json   sha256 and size of every file above (checked by every reader)
 
 The same teacher layers initialise the Gemma backbone and the action expert; everything outside
 the layer stacks is copied. The teacher is read leaf by leaf, so peak memory stays near the size
@@ -22,13 +23,12 @@ import pathlib
 import shutil
 import sys
 import time
-import uuid
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from shallow_pi_jax import fileio
+from shallow_pi_jax import cli, fileio
 from shallow_pi_jax.checkpoint import openpi_params, policy_dir
 from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
 from shallow_pi_jax.training import layer_map as layer_maps
@@ -43,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "keeping a subset of its transformer layers (backbone and action expert alike).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--teacher", required=True,
-                    help="teacher params directory (openpi's CKPT/params; CKPT itself is accepted)")
+                    help="teacher policy directory: openpi's CKPT or CKPT/params, a student directory, or a "
+                         "training run's --workdir (its student/)")
     ap.add_argument("--out", required=True, help="output directory; must not exist unless --overwrite")
     ap.add_argument("--depth", type=int, default=None,
                     help="student depth (number of layers); optional with --layers")
@@ -57,20 +58,23 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="zstd-compress the student's chunks like openpi's own saves (smaller files, "
                          "but the save then holds about one extra copy of the student in memory)")
     ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    ap.add_argument("--no-checksums", action="store_true",
+                    help="skip checking the checkpoint's files against its checksums.json (faster on huge checkpoints)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    return ap.parse_args(argv)
+    return cli.parse(ap, argv)
 
 
 def build_layer_map(args, depth: int) -> layer_maps.LayerMap:
     layers = layer_maps.parse_layers(args.layers) if args.layers is not None else None
     if layers is None and args.depth is None:
-        raise ValueError("--depth: required unless --layers is given")
+        raise cli.UsageError("--depth: required unless --layers is given")
     return layer_maps.make_layer_map(depth, args.depth, args.strategy, layers)
 
 
 def make_student(args) -> pathlib.Path:
-    teacher_dir = openpi_params.resolve_params_dir(args.teacher)
-    reader = ParamsReader(teacher_dir)
+    teacher = policy_dir.read(cli.policy_path(args.teacher), verify=not args.no_checksums)
+    teacher_dir = teacher.params_dir
+    reader = ParamsReader(teacher_dir, verify=not args.no_checksums)
     depth = student_init.stack_depth({p: tuple(s.shape) for p, s in reader.shapes.items()})
     lmap = build_layer_map(args, depth)
     dtype = DTYPES[args.dtype]
@@ -84,10 +88,7 @@ def make_student(args) -> pathlib.Path:
     say(f"teacher {teacher_dir}: {depth} layers -> student {lmap.student_depth} layers "
         f"{list(lmap.indices)} ({lmap.strategy})")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with fileio.atomic_dir(out, overwrite=True) as tmp:
         with tqdm(total=openpi_params.directory_size(teacher_dir), unit="B", unit_scale=True,
                   desc="checksum teacher", disable=args.quiet) as bar:
             digest = openpi_params.checkpoint_digest(teacher_dir, progress=bar.update)
@@ -106,13 +107,12 @@ def make_student(args) -> pathlib.Path:
         openpi_params.save_params(openpi_params.unflatten_params(flat), tmp / "params", compress=args.compress)
         del flat
 
-        assets = teacher_dir.parent / policy_dir.ASSETS
-        if teacher_dir.name == policy_dir.PARAMS and assets.is_dir():
+        assets = teacher.root / policy_dir.ASSETS
+        if teacher.root != teacher_dir and assets.is_dir():
             shutil.copytree(assets, tmp / policy_dir.ASSETS)
             say(f"copied {assets}")
-        teacher_config = policy_dir.read(teacher_dir).config
-        if teacher_config is not None:
-            fileio.write_json(tmp / policy_dir.MODEL_CONFIG, teacher_config.with_depth(lmap.student_depth).to_dict())
+        if teacher.config is not None:
+            fileio.write_json(tmp / policy_dir.MODEL_CONFIG, teacher.config.with_depth(lmap.student_depth).to_dict())
         record = {
             **lmap.to_dict(),
             "teacher": str(teacher_dir),
@@ -126,23 +126,15 @@ def make_student(args) -> pathlib.Path:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         fileio.write_json(tmp / policy_dir.LAYER_MAP, record)
-        fileio.replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        policy_dir.write_checksums(tmp)  # last: it covers every file above
     say(f"student written to {out}: {n_student / 1e6:.1f}M params (teacher {n_teacher / 1e6:.1f}M)")
     return out
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        make_student(args)
-    except ValueError as e:
-        print(f"make_student: error: {e}", file=sys.stderr)
-        return 2
+    make_student(parse_args(argv))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -10,11 +10,13 @@ the way to check a converted or re-saved checkpoint: point FIXTURE_DIR's params/
 from __future__ import annotations
 
 import argparse
+import io
 import pathlib
 import sys
 
 import numpy as np
 
+from shallow_pi_jax import cli, fileio
 from shallow_pi_jax.eval import parity
 
 
@@ -23,10 +25,11 @@ def main(argv=None) -> int:
     ap.add_argument("fixture_dir", type=pathlib.Path, help="folder with config.json, params/ and io.npz")
     ap.add_argument("--save-outputs", type=pathlib.Path, metavar="OUT.npz",
                     help="write the v_t, loss and sample_actions we computed")
-    args = ap.parse_args(argv)
+    args = cli.parse(ap, argv)
     for name in ("config.json", "io.npz", "params"):
         if not (args.fixture_dir / name).exists():
-            ap.error(f"{args.fixture_dir / name} does not exist")
+            raise FileNotFoundError(f"fixture_dir: {args.fixture_dir / name} does not exist "
+                                    "(expected config.json, params/ and io.npz)")
 
     errs, ours = parity.run_fixture(args.fixture_dir)
     print(f"{'output':<16}{'max abs err':>14}{'tolerance':>12}  ok")
@@ -37,11 +40,13 @@ def main(argv=None) -> int:
         failed |= not ok
         print(f"{name:<16}{err:>14.3e}{tol:>12.0e}  {'yes' if ok else 'NO'}")
     if args.save_outputs:
-        np.savez(args.save_outputs, **{k: ours[k] for k in ("v_t", "loss", "sample_actions")})
+        buf = io.BytesIO()
+        np.savez(buf, **{k: ours[k] for k in ("v_t", "loss", "sample_actions")})
+        fileio.write_bytes(args.save_outputs, buf.getvalue())
         print(f"wrote {args.save_outputs}")
     print("PARITY FAILED" if failed else "parity ok")
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

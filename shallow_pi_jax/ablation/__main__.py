@@ -19,8 +19,10 @@ attn_all, scratch, untrained (uniform-map init, no training), first (first-L-lay
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 
+from shallow_pi_jax import cli, verbosity
 from shallow_pi_jax.ablation import report
 from shallow_pi_jax.ablation import run as ablation
 
@@ -47,7 +49,7 @@ def parse(argv):
     p.add_argument("--seeds", default=None, help="training seeds (default: 0,1,2)")
     p.add_argument("--steps", type=int, default=None, help="training steps per arm (default: 300)")
     p.add_argument("--teacher", default="", help="teacher checkpoint dir (params/, model_config.json, "
-                   "assets/norm_stats.json); default: train one under --out")
+                   "assets/norm_stats.json), or the training run that wrote it; default: train one under --out")
     p.add_argument("--teacher-steps", type=int, default=None,
                    help="steps when training the teacher (default: 3000, the bundled teacher's recipe, "
                         "~25 min on 2 cores; 0 = random init, for smoke tests)")
@@ -60,7 +62,9 @@ def parse(argv):
                    "them once a student is exported and evaluated)")
     p.add_argument("--report-only", action="store_true", help="only rebuild results.{json,md,png} from results/")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cli.add_verbose(p)
     args, rest = p.parse_known_args(argv)
+    verbosity.configure(args.verbose)
     overrides = []
     for item in rest:
         if not item.startswith("--config."):
@@ -81,7 +85,8 @@ def build_config(args, overrides) -> ablation.AblationConfig:
     return ablation.AblationConfig(
         out=args.out, arms=tuple(a.strip() for a in arms.split(",") if a.strip()),
         depths=_ints(pick("depths", "6")), seeds=_ints(pick("seeds", "0,1,2")), steps=pick("steps", d.steps),
-        teacher=args.teacher, teacher_steps=pick("teacher_steps", d.teacher_steps),
+        teacher=str(cli.policy_path(args.teacher)) if args.teacher else "",
+        teacher_steps=pick("teacher_steps", d.teacher_steps),
         episodes=pick("episodes", d.episodes),
         eval_seed=args.eval_seed, replan_every=args.replan_every, num_envs=pick("num_envs", d.num_envs),
         tiny=args.quick, overrides=overrides, latency_reps=pick("latency_reps", d.latency_reps),
@@ -93,11 +98,9 @@ def main(argv=None) -> int:
     if args.report_only:
         obj = report.report(args.out)
     else:
-        try:
-            cfg = build_config(args, overrides)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        cfg = build_config(args, overrides)
+        if cfg.teacher:
+            ablation.ensure_teacher(cfg, pathlib.Path(cfg.out), print)  # checked before --out is created
         ablation.run(cfg, progress=not args.no_progress)
         obj = report.report(cfg.out)
     print(report.markdown_table(obj["rows"]), end="")
@@ -106,4 +109,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

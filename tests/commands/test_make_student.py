@@ -13,6 +13,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from shallow_pi_jax import cli
 from shallow_pi_jax import make_student as tool
 from shallow_pi_jax.checkpoint import openpi_params as C
 from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
@@ -142,7 +143,7 @@ def test_cli_end_to_end(tmp_path):
     ckpt = _teacher_checkpoint(tmp_path)
     out = tmp_path / "students" / "l6"
     assert tool.main(["--teacher", str(ckpt / "params"), "--depth", "6", "--out", str(out), "--quiet"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["assets", "layer_map.json", "params"]
+    assert sorted(p.name for p in out.iterdir()) == ["assets", "checksums.json", "layer_map.json", "params"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["l6"]  # no temp dirs left
     assert (out / "assets" / "trossen" / "norm_stats.json").read_text() == '{"norm_stats": {}}'
     record = json.loads((out / "layer_map.json").read_text())
@@ -178,8 +179,11 @@ def test_cli_end_to_end(tmp_path):
 def test_cli_bad_map_writes_nothing(tmp_path, capsys, extra, match):
     ckpt = _teacher_checkpoint(tmp_path)
     out = tmp_path / "out"
-    assert tool.main(["--teacher", str(ckpt / "params"), "--out", str(out), "--quiet"] + extra) == 2
-    assert match in capsys.readouterr().err
+    # --depth missing is a usage error (status 2, like argparse's); a bad map is an error (1)
+    status = 2 if not extra else 1
+    assert cli.run(tool.main, ["--teacher", str(ckpt / "params"), "--out", str(out), "--quiet"] + extra) == status
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher"]
 
 
@@ -187,13 +191,13 @@ def test_cli_mismatched_tree_and_existing_out(tmp_path, capsys):
     teacher = _teacher(FIXTURES / "pi0")
     C.save_params(C.unflatten_params({p: x for p, x in teacher.items() if "mlp_1" not in p and "_1/" not in p}),
                   tmp_path / "broken" / "params")
-    assert tool.main(["--teacher", str(tmp_path / "broken" / "params"), "--depth", "6",
-                      "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert cli.run(tool.main, ["--teacher", str(tmp_path / "broken" / "params"), "--depth", "6",
+                               "--out", str(tmp_path / "out"), "--quiet"]) == 1
     assert "q_einsum_1" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
     (tmp_path / "out").mkdir()
-    assert tool.main(["--teacher", str(FIXTURES / "pi0" / "params"), "--depth", "6",
-                      "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert cli.run(tool.main, ["--teacher", str(FIXTURES / "pi0" / "params"), "--depth", "6",
+                               "--out", str(tmp_path / "out"), "--quiet"]) == 1
     assert "already exists" in capsys.readouterr().err
     assert list((tmp_path / "out").iterdir()) == []
 

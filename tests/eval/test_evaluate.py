@@ -6,7 +6,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from shallow_pi_jax import evaluate
+from shallow_pi_jax import cli, evaluate
 from shallow_pi_jax.eval import open_loop
 from shallow_pi_jax.serve.testing import tiny_config, write_tiny_checkpoint
 
@@ -42,7 +42,7 @@ def test_evaluate_cli_on_held_out_demo_episodes(tmp_path, monkeypatch, capsys):
 
     def run(*extra):
         # In-process (one jax/TF start-up, shared compile cache); the CLI's own entry point.
-        rc = evaluate.main(base + list(extra))
+        rc = cli.run(evaluate.main, base + list(extra))
         out = capsys.readouterr()
         return subprocess.CompletedProcess(extra, rc, out.out, out.err)
 
@@ -60,16 +60,17 @@ def test_evaluate_cli_on_held_out_demo_episodes(tmp_path, monkeypatch, capsys):
     assert e["student_vs_truth"]["mae"] <= e["teacher_vs_truth"]["mae"] + e["student_vs_teacher"]["mae"] + 1e-9
 
     # A teacher evaluated against itself: zero error (same batches, same noise), ground truth error unchanged.
-    res = run("--checkpoint", str(teacher), "--teacher", str(teacher), "--out", str(tmp_path / "self"))
+    # (the student given as the directory's params/, the other form a policy path may take)
+    res = run("--checkpoint", str(teacher / "params"), "--teacher", str(teacher), "--out", str(tmp_path / "self"))
     assert res.returncode == 0, res.stderr[-3000:]
     s2 = json.loads((tmp_path / "self" / "summary.json").read_text())["errors"]
     assert s2["student_vs_teacher"]["mae"] == 0.0
     assert s2["student_vs_truth"]["mae"] == s2["teacher_vs_truth"]["mae"] == e["teacher_vs_truth"]["mae"]
 
     res = run("--checkpoint", str(student), "--out", str(tmp_path / "eval"))
-    assert res.returncode == 2 and "exists" in res.stderr
+    assert res.returncode == 1 and res.stderr.startswith("error: --out:") and "exists" in res.stderr
     other = write_tiny_checkpoint(tmp_path / "other", tiny_config(depth=1, action_horizon=6,
                                   cameras=("base_0_rgb", "left_wrist_0_rgb")), state_dim=2, robot_action_dim=2)
     res = run("--checkpoint", str(student), "--teacher", str(other), "--out", str(tmp_path / "x"))
-    assert res.returncode == 2 and "teacher.action_horizon" in res.stderr
+    assert res.returncode == 1 and res.stderr.startswith("error: teacher.action_horizon")
     assert not (tmp_path / "x").exists()

@@ -266,7 +266,7 @@ def test_export_torch_cli(tmp_path):
         k.replace(f".layers.{i}.", f".layers.{j}.") for k in ref for j, i in enumerate(STUDENT_LAYERS)
         if f".layers.{i}." in k and "vision_model" not in k}
     # existing output is not overwritten without --overwrite
-    with pytest.raises(SystemExit, match="exists"):
+    with pytest.raises(ValueError, match="--out: .* exists"):
         export_torch.main(["--params", str(ckpt / "params"), "--out", str(out), "--action-horizon", "10"])
     # bf16 export, config from the fixture json
     out16 = tmp_path / "bf16"
