@@ -4,13 +4,14 @@
 (or plain dict) an experiment file builds, e.g. starting from `default_config()`:
 
     config.data = shallow_pi_jax.data.config.default_config()
-    config.data.datasets = [dict(name="libero_10_no_noops", data_dir="/data/rlds", mapping="libero")]
+    config.data.datasets = (dict(name="libero_10_no_noops", data_dir="/data/rlds", mapping="libero"),)
     config.data.norm_stats_path = "/data/assets/libero/norm_stats.json"
     config.data.tokenizer_path = "/data/paligemma_tokenizer.model"
 """
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping as _AbcMapping
 from typing import Any
 
@@ -117,20 +118,11 @@ class DataConfig:
                 raise ValueError(f"data.{key}: unknown field (expected one of {sorted(known)})")
         if "datasets" not in d:
             raise ValueError("data.datasets: missing (expected a list of {name, data_dir, mapping, weight})")
-        specs = []
-        for i, item in enumerate(d["datasets"]):
-            if isinstance(item, DatasetSpec):
-                specs.append(item)
-                continue
-            if hasattr(item, "to_dict"):
-                item = item.to_dict()
-            item = dict(item)
-            spec_known = {f.name for f in dataclasses.fields(DatasetSpec)}
-            for key in item:
-                if key not in spec_known:
-                    raise ValueError(f"data.datasets[{i}].{key}: unknown field (expected one of {sorted(spec_known)})")
-            specs.append(DatasetSpec(**item))
-        d["datasets"] = tuple(specs)
+        datasets = d["datasets"]
+        if isinstance(datasets, (str, _AbcMapping)) or not hasattr(datasets, "__iter__"):
+            raise ValueError(f"data.datasets: expected a list of dicts {{name, data_dir, mapping, ...}}, got "
+                             f"{datasets!r}")
+        d["datasets"] = tuple(dataset_spec(item, i) for i, item in enumerate(datasets))
         if d.get("cameras") is not None:
             d["cameras"] = tuple(d["cameras"])
         return cls(**d)
@@ -144,18 +136,70 @@ class DataConfig:
         return d
 
 
+_SPEC_FIELDS = {f.name for f in dataclasses.fields(DatasetSpec)}
+# How a dataset is written on the command line (ml_collections parses a tuple field with ast.literal_eval).
+DATASETS_FLAG_EXAMPLE = ("""--config.data.datasets='[{"name": "libero_10_no_noops", "data_dir": "/data/rlds", """
+                         """"mapping": "libero"}]'""")
+
+
+def dataset_spec(item, i: int) -> DatasetSpec:
+    """`data.datasets[i]` (a DatasetSpec, dict or ConfigDict) → DatasetSpec; errors name data.datasets[i].field."""
+    if isinstance(item, DatasetSpec):
+        return item
+    where = f"data.datasets[{i}]"
+    if hasattr(item, "to_dict"):
+        item = item.to_dict()
+    if not isinstance(item, _AbcMapping):
+        # A JSON null/true/false makes ast.literal_eval give up, and the whole text arrives as one string.
+        hint = (" (write Python literals None/True/False, not JSON's null/true/false)"
+                if isinstance(item, str) else "")
+        raise ValueError(f"{where}: expected a dict {{name, data_dir, mapping, weight, split, norm_stats, "
+                         f"delta_action_mask}}, got {item!r}{hint}; e.g. {DATASETS_FLAG_EXAMPLE}")
+    item = dict(item)
+    for key in item:
+        if key not in _SPEC_FIELDS:
+            raise ValueError(f"{where}.{key}: unknown field (expected one of {sorted(_SPEC_FIELDS)})")
+    if not isinstance(item.get("name"), str) or not item["name"]:
+        raise ValueError(f"{where}.name: expected a tfds dataset name, got {item.get('name')!r}")
+    for key in ("data_dir", "norm_stats"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            raise ValueError(f"{where}.{key}: expected a path (str) or None, got {item[key]!r}")
+    if not isinstance(item.get("split", "train"), str):
+        raise ValueError(f"{where}.split: expected a tfds split such as 'train', got {item['split']!r}")
+    weight = item.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+        raise ValueError(f"{where}.weight: expected a number > 0, got {weight!r}")
+    mask = item.get("delta_action_mask")
+    if mask is not None and (isinstance(mask, str) or not hasattr(mask, "__iter__")):
+        raise ValueError(f"{where}.delta_action_mask: expected a list of True/False or None, got {mask!r}")
+    try:
+        return DatasetSpec(**item)
+    except ValueError as e:  # the mapping: "mapping: unknown name ...", "mapping.state: ..."
+        raise ValueError(f"{where}.{e}") from None
+
+
+def _override_type(name: str) -> type:
+    """The type a `--config.data.<name>=` override of a None default is parsed as."""
+    hint = typing.get_type_hints(DataConfig)[name]
+    inner = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(inner) or inner
+
+
 def default_config():
-    """A ConfigDict with every field, for experiment files (`config.data = default_config()`)."""
+    """A ConfigDict with every field, for experiment files (`config.data = default_config()`).
+
+    Every field can be overridden from the command line: sequences are tuples (ml_collections cannot
+    parse an override of a list) and a None default carries its type (it cannot parse a NoneType one)."""
     import ml_collections
 
     c = ml_collections.ConfigDict()
-    c.datasets = [dict(name="libero_10_no_noops", data_dir="", mapping="libero", weight=1.0, split="train",
-                       norm_stats=None, delta_action_mask=None)]
+    c.datasets = (dict(name="libero_10_no_noops", data_dir="", mapping="libero", weight=1.0, split="train",
+                       norm_stats=None, delta_action_mask=None),)
     for f in dataclasses.fields(DataConfig):
         if f.name == "datasets":
             continue
-        default = f.default
-        if isinstance(default, tuple):
-            default = list(default)
-        c[f.name] = default
+        if f.default is None:
+            c[f.name] = ml_collections.FieldReference(None, field_type=_override_type(f.name))
+        else:
+            c[f.name] = f.default
     return c
