@@ -13,36 +13,110 @@ A real run (π0.5 teacher from openpi, LIBERO RLDS data; paper recipe: 30k steps
         --config.data.norm_stats_path=/ckpt/pi05_libero/assets/physical-intelligence/libero/norm_stats.json \
         --config.data.tokenizer_path=/ckpt/paligemma_tokenizer.model
 
-Re-running the same command resumes from the last complete checkpoint in --workdir.
+Re-running the same command resumes from the newest checkpoint in --workdir that restores (a
+corrupt newer one is moved to checkpoints_bad/ and named). A resume whose config changes what was
+trained (anything but num_steps, log/checkpoint cadence, wandb, mesh, remat and data loading
+speed) is refused with the differing keys, unless --force (the old config.json is then kept as
+config.json.<n>). Any error ends the process with one `error: ...` line and exit status 1
+(the traceback with --verbose).
 """
 from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from shallow_pi_jax import demo, verbosity
+from shallow_pi_jax import cli, demo, verbosity
+from shallow_pi_jax.training import config as train_config
 from shallow_pi_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/l6.py:demo.",
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard logs, exported student.")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the libraries' INFO logs (absl, orbax, JAX, TensorFlow); "
-                             "also SHALLOW_PI_VERBOSE=1.")
+_FORCE = flags.DEFINE_bool("force", False, "Resume even when the config changes what the run's checkpoints were "
+                           "trained with (model, depth, layer map, teacher, data, loss, optimizer, batch, seed); "
+                           "the old config.json is kept as config.json.<n>.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the libraries' INFO logs (absl, orbax, JAX, TensorFlow) and, "
+                             "on an error, the traceback; also SHALLOW_PI_VERBOSE=1.")
+
+# A safety net, not the fix: the known hangs are fixed where they arise (DataIterator.close,
+# RunCheckpoints' synchronous directory creation). After the error is reported the process only has
+# to exit; should a library thread still block that (orbax's commit threads are not daemons and wait
+# up to 20 minutes for signals of a failed save; TF's threads can block interpreter shutdown), the
+# process is ended this many seconds later. Checkpoints are committed atomically: nothing complete
+# is lost by not waiting.
+EXIT_GRACE_S = 30
 
 
-def run(config, workdir, *, max_steps: int | None = None, progress: bool = True):
+class _QuietOrbaxErrors(logging.Filter):
+    """orbax logs every failed background save with a traceback per thread (75 for a full disk); the
+    same error reaches the training loop and is reported once, as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _quiet_closed_loop(default):
+    """orbax closes the event loop of a failed save while tensorstore's writes still complete into it;
+    each completion is an unraisable "Event loop is closed" (110 tracebacks for one full disk). The
+    save's own error is reported once."""
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+            return
+        default(unraisable)
+    return hook
+
+
+def run(config, workdir, *, max_steps: int | None = None, progress: bool = True, force: bool = False):
     """Resolve the embedded default's placeholders, then train (see training.loop.run)."""
-    return loop.run(demo.resolve(config), workdir, max_steps=max_steps, progress=progress)
+    return loop.run(demo.resolve(config), workdir, max_steps=max_steps, progress=progress, force=force)
+
+
+def _parse_flags(argv):
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - config_flags raises bare KeyError/AttributeError for --config.x
+        cli.report(train_config.flag_error(e, argv), verbose="--verbose" in argv)
+        sys.exit(cli.EXIT_USAGE)
+
+
+def _exit_soon(verbose: bool) -> None:
+    # faulthandler's watchdog is a C thread: it fires even while the interpreter is shutting down,
+    # when no Python thread can run any more. With --verbose it shows where the exit was stuck.
+    out = sys.stderr if verbose else open(os.devnull, "w")  # noqa: SIM115 - open until the process ends
+    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True, file=out)
 
 
 def main(argv):
     del argv
-    if _WORKDIR.value is None:
-        raise app.UsageError("--workdir is required")
-    verbosity.configure(_VERBOSE.value)
-    run(_CONFIG.value, _WORKDIR.value)
+    verbose = verbosity.configure(_VERBOSE.value)
+    if not verbose:
+        logging.getLogger("absl").addFilter(_QuietOrbaxErrors())
+        sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
+    try:
+        if _WORKDIR.value is None:
+            raise cli.UsageError("--workdir is required")
+        try:
+            config = _CONFIG.value
+            config.to_dict()  # config_flags stands in an object that raises on first use for a file that failed
+        except Exception as e:  # noqa: BLE001 - config_flags loads the file lazily, here
+            raise train_config.flag_error(e, sys.argv) from None
+        run(config, _WORKDIR.value, force=_FORCE.value)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        _exit_soon(verbose)
+        return cli.EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - every error ends here, as one line
+        cli.report(e, verbose=verbose)
+        _exit_soon(verbose)
+        return cli.EXIT_USAGE if isinstance(e, cli.UsageError) else cli.EXIT_ERROR
+    return 0
 
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("config")
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -21,6 +21,7 @@ augmentation, keeping the last partial batch.
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -113,6 +114,15 @@ def build_tf_dataset(cfg, train: bool = True) -> tuple[tf.data.Dataset, rlds.Epi
     return ds.with_options(options).prefetch(cfg.prefetch), elog
 
 
+def tf_error_text(message: str) -> str:
+    """A TF runtime error as one line: without TF's graph-node annotations and, for an exception raised
+    in a Python function of the pipeline, without its traceback (what was raised is kept)."""
+    text = message.split("Traceback (most recent call last):")[0]
+    text = re.sub(r"\{\{function_node [^}]*\}\}", "", text)
+    text = re.sub(r"\[\[\{\{node [^}]*\}\}\]\]", "", text)
+    return " ".join(text.split()).rstrip(" .;:") or "unknown error"
+
+
 class DataIterator:
     """Numpy batches from the tf.data pipeline, with prompts tokenised in openpi's format."""
 
@@ -123,6 +133,22 @@ class DataIterator:
     def __iter__(self):
         return self
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        """Stop the tf.data threads now. Call it before an error leaves the caller.
+
+        Destroying the TF iterator waits for its in-flight map calls, and the episode checks are
+        Python (tf.numpy_function): they need the GIL. Left to interpreter shutdown (the traceback of
+        an error keeps the iterator alive until then), a worker waiting for the GIL is never let in
+        again and the process hangs in the iterator's destructor. Here, while Python still runs, TF
+        releases the GIL while it waits, the calls finish and the threads stop."""
+        self._it = None
+
     @property
     def num_skipped_episodes(self) -> int:
         return self._elog.num_skipped
@@ -132,13 +158,18 @@ class DataIterator:
         return dict(self._elog.skipped)
 
     def __next__(self) -> dict:
+        if self._it is None:
+            raise ValueError("data: the iterator was closed")
         try:
             ex = next(self._it)
         except tf.errors.OpError as e:
-            problem = self._elog.error_for(e.message)
-            if problem:
-                raise ValueError(problem) from None
-            raise ValueError(f"data pipeline failed: {e.message}") from e
+            problem = self._elog.error_for(e.message) or f"data pipeline failed: {tf_error_text(e.message)}"
+        else:
+            problem = None
+        if problem is not None:
+            # Raised outside the except block, without the TF error as context: that error's traceback
+            # holds the TF iterator, which must not outlive close() (see there).
+            raise ValueError(problem)
         prompts = [p.decode("utf-8") for p in ex["prompt"]]
         states = None
         if self.cfg.state_in_prompt:  # pi0.5: normalised state, at the dataset's own dims

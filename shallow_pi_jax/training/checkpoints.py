@@ -3,6 +3,9 @@
     workdir/checkpoints/<step>/   full TrainState (params, optimizer state, EMA, step); async, keep-N.
                                   orbax commits a step atomically, so a run killed mid-save resumes
                                   from the previous complete step.
+    workdir/checkpoints_bad/<step>/  a step that failed to restore while an older one restored:
+                                  moved here (never deleted), so a resume does not retry it and
+                                  keep-N cannot delete it before someone looks at it.
     workdir/student/params/       the student in openpi's params layout (export / serving / make_student)
     workdir/student/layer_map.json, workdir/student/model_config.json, workdir/student/assets/
 """
@@ -10,35 +13,150 @@ from __future__ import annotations
 
 import pathlib
 
+import jax
 import orbax.checkpoint as ocp
 
 from shallow_pi_jax.checkpoint import policy_dir
 from shallow_pi_jax.models.config import ModelConfig
 
+BAD_DIR = "checkpoints_bad"
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+
 
 class RunCheckpoints:
+    """The run's orbax CheckpointManager, opened when there is a directory to read or a first step to save:
+    a run that fails before its first save leaves no checkpoints/ behind."""
+
     def __init__(self, workdir: pathlib.Path, keep: int, async_save: bool = True):
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=async_save)
-        self._mngr = ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
+        self.directory = (pathlib.Path(workdir) / "checkpoints").absolute()
+        self._keep, self._async = keep, async_save
+        self._mngr = self._open() if self.directory.is_dir() else None
+        self._in_flight = None  # the step a background save is writing: what a later error is about
 
-    def latest_step(self):
-        return self._mngr.latest_step()
+    def _open(self) -> ocp.CheckpointManager:
+        # Step directories are created synchronously, in save(): created in the background, a failure
+        # (read-only or full disk) leaves orbax's other commit threads, which are not daemons, waiting
+        # for a "directory created" signal until their timeout (20 min), and the process cannot exit.
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=self._keep, create=True, enable_async_checkpointing=self._async,
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
+        return ocp.CheckpointManager(self.directory, options=options)
 
-    def restore(self, abstract_state):
-        """Restore the latest step into arrays with the shardings of `abstract_state`'s leaves."""
-        step = self._mngr.latest_step()
-        return self._mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    def latest_step(self) -> int | None:
+        return None if self._mngr is None else self._mngr.latest_step()
+
+    def restore(self, abstract_state, log=print):
+        """(step, state): the newest step that restores, into arrays with the shardings of
+        `abstract_state`'s leaves; (None, None) without checkpoints.
+
+        A step that fails while an older one restores is corrupt (a truncated file, a bad disk): it is
+        moved to workdir/checkpoints_bad/ and named by `log`. When no step restores, nothing is moved
+        (the config, not the files, is then the likely cause) and a ValueError names the directory."""
+        steps = [] if self._mngr is None else sorted(self._mngr.all_steps(), reverse=True)
+        failed = []
+        for step in steps:
+            try:
+                state = self._mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for a bad step
+                failed.append((step, e))
+                continue
+            for bad, e in failed:
+                moved = self._move_aside(bad)
+                log(f"checkpoint step {bad} in {self.directory} does not restore ({_reason(e)}); moved it to "
+                    f"{moved}; resuming from step {step}")
+            if failed:
+                self._mngr.reload()
+            return step, state
+        if failed:
+            step, e = failed[0]
+            tried = ", ".join(str(s) for s, _ in failed)
+            raise ValueError(f"{self.directory}: no checkpoint restores (tried steps {tried}; step {step}: "
+                             f"{_reason(e)}). If the config changed since these were saved, resume with the old "
+                             "one; otherwise start a new run with another --workdir")
+        return None, None
+
+    def _move_aside(self, step: int) -> pathlib.Path:
+        bad_root = self.directory.parent / BAD_DIR
+        dst, n = bad_root / str(step), 1
+        while dst.exists():
+            dst, n = bad_root / f"{step}.{n}", n + 1
+        if jax.process_index() == 0:  # one process moves it (a shared filesystem on multi-host runs)
+            bad_root.mkdir(exist_ok=True)
+            (self.directory / str(step)).rename(dst)
+        return dst
 
     def save(self, step: int, state) -> None:
-        self._mngr.save(step, args=ocp.args.StandardSave(state))
+        """Start saving `step` (in the background when async); an error of an earlier background save,
+        or of this one's directory, is raised here as an OSError naming the directory."""
+        if self._mngr is None:
+            self._mngr = self._open()
+        self.wait()  # orbax waits for the previous save anyway; here its error is named as that step's
+        try:
+            self._mngr.save(step, args=ocp.args.StandardSave(state))
+        except Exception as e:  # noqa: BLE001
+            raise self._save_error(step, e) from e
+        self._in_flight = step if self._async else None
+
+    def check(self) -> None:
+        """Raise the error of a background save that has already failed (cheap: no waiting for a save)."""
+        if self._mngr is None:
+            return
+        try:
+            self._mngr.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            raise self._save_error(self._in_flight, e) from e
 
     def wait(self) -> None:
-        self._mngr.wait_until_finished()
+        if self._mngr is not None:
+            try:
+                self._mngr.wait_until_finished()
+            except Exception as e:  # noqa: BLE001
+                raise self._save_error(self._in_flight, e) from e
+            self._in_flight = None
 
     def close(self) -> None:
-        self._mngr.wait_until_finished()
-        self._mngr.close()
+        """Wait for the save in flight, then release orbax's threads, also when that save failed
+        (the error is raised after the release)."""
+        if self._mngr is None:
+            return
+        mngr, self._mngr = self._mngr, None
+        try:
+            mngr.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            error = self._save_error(self._in_flight, e)
+        else:
+            error = None
+        try:
+            mngr.close()
+        except Exception:  # noqa: BLE001 - the failed save again; already in `error`
+            if error is None:
+                raise
+        if error is not None:
+            raise error
+
+    def _save_error(self, step: int | None, e: BaseException) -> OSError:
+        cause = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        what = f"checkpoint step {step}" if step is not None else "a checkpoint"
+        where = f"could not be written to {self.directory}"
+        if isinstance(cause, OSError):
+            detail = cause.strerror or str(cause)
+            if cause.filename:
+                detail += f": {cause.filename}"
+        else:
+            detail = _reason(e)
+        err = OSError(f"{what} {where} ({detail}); the last complete step is {self._last_complete()}")
+        err.errno = getattr(cause, "errno", None)
+        return err
+
+    def _last_complete(self) -> str:
+        steps = [int(p.name) for p in self.directory.glob("*") if p.name.isdigit() and p.is_dir()]
+        return str(max(steps)) if steps else "none"
 
 
 def export_student(params, out_dir: pathlib.Path, model_config: dict, layer_map: dict | None,

@@ -2,19 +2,28 @@
 
 `run(config, workdir)` takes a config whose paths are real (the `demo` placeholders already
 resolved by shallow_pi_jax.demo) and trains per it; rerunning resumes from the last checkpoint.
+
+Nothing is written into `workdir` until the config is valid, agrees with the run's config.json
+(when resuming), and the teacher, the data's first batch and the compiled step are all there: a
+run that fails before its first step leaves the directory as it was. On any error the data
+threads, the checkpoint saver and the metric writers are stopped before the error is raised, so
+the process can exit.
 """
 from __future__ import annotations
 
 import json
 import os
 import pathlib
+import sys
 import time
 
 import jax
 from tqdm import tqdm
 
+from shallow_pi_jax import fileio, verbosity
 from shallow_pi_jax.data.pipeline import make_dataset
 from shallow_pi_jax.training import build, sharding
+from shallow_pi_jax.training import config as train_config
 from shallow_pi_jax.training import step as ts
 from shallow_pi_jax.training.checkpoints import RunCheckpoints, export_student
 from shallow_pi_jax.training.metrics import MetricWriter, check_finite, memory_summary
@@ -37,69 +46,172 @@ def _host(tree):
     return {k: float(v) for k, v in jax.device_get(tree).items()}
 
 
-def run(config, workdir, *, max_steps: int | None = None, progress: bool = True):
+# What may differ from the run's config.json on resume: how long it runs, how often it logs and
+# saves, where it logs, the device layout, and memory/speed knobs. Any other key (model, student
+# depth and layer map, teacher, data, loss, optimizer and schedule, batch size, seeds) changes what
+# is trained, and a resume with it is refused unless forced.
+RESUMABLE_CHANGES = ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "async_checkpoint",
+                     "wandb", "distributed", "workdir", "mesh", "remat", "data.num_parallel_calls",
+                     "data.prefetch")
+CONFIG_FILE = "config.json"
+_ABSENT = "<absent>"
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(old: dict, new: dict) -> tuple[dict, dict]:
+    """(refused, allowed): {dotted key: (old value, new value)} of the keys that differ."""
+    a, b = _flat(old), _flat(new)
+    refused, allowed = {}, {}
+    for key in sorted(a.keys() | b.keys()):
+        va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        if va != vb:
+            free = any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES)
+            (allowed if free else refused)[key] = (va, vb)
+    return refused, allowed
+
+
+def _short(v) -> str:
+    text = v if v == _ABSENT else json.dumps(v)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def describe_changes(changes: dict) -> str:
+    return "; ".join(f"{k}: {_short(a)} → {_short(b)}" for k, (a, b) in changes.items())
+
+
+def check_resume_config(workdir: pathlib.Path, new_json: str, force: bool) -> tuple[str, dict]:
+    """What to do with workdir/config.json on a resume: ("keep" | "update" | "replace", refused changes).
+
+    Raises (writing nothing) when the new config changes what the saved checkpoints were trained with
+    and `force` is not set; "replace" keeps the old file as config.json.<n>."""
+    path = workdir / CONFIG_FILE
+    try:
+        old_text = path.read_text()
+        old = json.loads(old_text)
+    except FileNotFoundError:
+        return "update", {}
+    except (OSError, ValueError) as e:
+        if force:
+            return "replace", {}
+        raise ValueError(f"{path}: cannot read the config the checkpoints in {workdir / 'checkpoints'} were "
+                         f"trained with ({e}); fix the file, use another --workdir, or pass --force") from None
+    if old_text == new_json:
+        return "keep", {}
+    refused, _ = config_changes(old, json.loads(new_json))
+    if refused and not force:
+        raise ValueError(f"{workdir} was trained with another config; these keys differ from its {CONFIG_FILE} "
+                         f"(old → new): {describe_changes(refused)}. Resume with the old values, use another "
+                         "--workdir, or pass --force to resume anyway (the old config.json is kept)")
+    return ("replace" if refused else "update"), refused
+
+
+def _write_config(workdir: pathlib.Path, new_json: str, action: str) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / CONFIG_FILE
+    if action == "keep":
+        return
+    if action == "replace" and path.exists():
+        n = 1
+        while (workdir / f"{CONFIG_FILE}.{n}").exists():
+            n += 1
+        path.rename(workdir / f"{CONFIG_FILE}.{n}")
+    fileio.write_text(path, new_json)
+
+
+def _stop(*closers) -> BaseException | None:
+    """Call every closer, even after one fails; returns the first error."""
+    first = None
+    for close in closers:
+        try:
+            close()
+        except Exception as e:  # noqa: BLE001
+            first = first or e
+    return first
+
+
+def run(config, workdir, *, max_steps: int | None = None, progress: bool = True, force: bool = False):
     """Train per `config` in `workdir`; returns (last logged metrics, final TrainState).
 
-    `max_steps` stops early (tests, benchmarks) without changing the schedule."""
+    `max_steps` stops early (tests, benchmarks) without changing the schedule. `force` resumes even
+    when the config changes what the checkpoints were trained with (see RESUMABLE_CHANGES)."""
+    train_config.validate(config)
     maybe_initialize_distributed(config.distributed)
     workdir = pathlib.Path(workdir).absolute()
     is_main = jax.process_index() == 0
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
-        what = f"distilling into {config.student.depth} layers" if config.teacher.params else "training"
-        print(f"{what}: {config.num_steps} steps, batch {config.batch_size}; run directory {workdir} "
-              "(config.json, checkpoints/, tensorboard/, student/ at the end)")
-
-    spec = build.run_spec(config)
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-    sharding.check_batch_divisible(config.batch_size, mesh)
-    rng = jax.random.PRNGKey(config.seed)
-    init_rng, step_rng = jax.random.split(rng)
-
     ckpts = RunCheckpoints(workdir, config.keep_checkpoints, config.async_checkpoint)
-    start = ckpts.latest_step() or 0
-    teacher_params = build.load_teacher(config, spec, mesh) if spec.teacher_cfg else None
-    tx, schedule = build.optimizer(config)
-    ema = config.optim.ema_decay is not None
-
-    def fresh_state():
-        return ts.init_state(build.initial_student(config, spec, teacher_params, init_rng), tx, ema)
-
-    state_shapes = jax.eval_shape(fresh_state)
-    st_sh = build.state_shardings(state_shapes, mesh)
-    if start:
-        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state_shapes, st_sh)
-        state = ckpts.restore(abstract)
-        print(f"resumed from {workdir / 'checkpoints'} at step {start}")
-    else:
-        state = jax.jit(fresh_state, out_shardings=st_sh)()
-    # Only now (the student is built from it) is the float32 teacher replaced by its compute-dtype copy.
-    if teacher_params is not None:
-        teacher_params = build.teacher_compute_params(teacher_params, spec)
-    teacher_shapes = None if teacher_params is None else jax.eval_shape(lambda: teacher_params)
-    step, _, _ = build.make_step(config, spec, mesh, tx, schedule, state_shapes, teacher_shapes)
-
-    data_cfg = dict(config.data.to_dict(), batch_size=config.batch_size // jax.process_count(),
-                    seed=int(config.data.seed) + start)  # a resumed run continues on fresh batches
-    data = make_dataset(data_cfg, train=True)
-    batch = sharding.global_batch(next(data), mesh)
-
-    t0 = time.time()
-    compiled = step.lower(state, batch, step_rng, teacher_params).compile()
-    mem = memory_summary(compiled)
-    writer = MetricWriter(workdir, config.wandb, config.to_dict())
-    if is_main:
-        print(f"compiled train step in {time.time() - t0:.1f}s on {mesh.devices.size} devices "
-              f"(mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']}); per-device memory: "
-              + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in mem.items()))
-        writer.write_text("memory_per_device", json.dumps(mem))
-
-    end = config.num_steps if max_steps is None else min(config.num_steps, start + max_steps)
-    bar = tqdm(total=config.num_steps, initial=start, desc="train", unit="step", disable=not (is_main and progress),
-               dynamic_ncols=True)
-    last, window_t, window_n, done = {}, time.time(), 0, start
+    data = writer = bar = None
     try:
+        new_json = config.to_json_best_effort(indent=1) + "\n"
+        action, forced = "update", {}
+        if ckpts.latest_step() is not None:
+            action, forced = check_resume_config(workdir, new_json, force)
+        if is_main:
+            what = f"distilling into {config.student.depth} layers" if config.teacher.params else "training"
+            print(f"{what}: {config.num_steps} steps, batch {config.batch_size}; run directory {workdir} "
+                  "(config.json, checkpoints/, tensorboard/, student/ at the end)")
+            if forced:
+                print(f"--force: resuming with a changed config ({describe_changes(forced)}); the old one is kept "
+                      f"next to {workdir / CONFIG_FILE}")
+
+        spec = build.run_spec(config)
+        mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+        sharding.check_batch_divisible(config.batch_size, mesh)
+        rng = jax.random.PRNGKey(config.seed)
+        init_rng, step_rng = jax.random.split(rng)
+
+        teacher_params = build.load_teacher(config, spec, mesh) if spec.teacher_cfg else None
+        tx, schedule = build.optimizer(config)
+        ema = config.optim.ema_decay is not None
+
+        def fresh_state():
+            return ts.init_state(build.initial_student(config, spec, teacher_params, init_rng), tx, ema)
+
+        state_shapes = jax.eval_shape(fresh_state)
+        st_sh = build.state_shardings(state_shapes, mesh)
+        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state_shapes, st_sh)
+        start, state = ckpts.restore(abstract, log=print if is_main else lambda _: None)
+        if start is not None and is_main:
+            print(f"resumed from {ckpts.directory} at step {start}")
+        start = start or 0
+
+        data_cfg = dict(config.data.to_dict(), batch_size=config.batch_size // jax.process_count(),
+                        seed=int(config.data.seed) + start)  # a resumed run continues on fresh batches
+        data = make_dataset(data_cfg, train=True)
+        batch = sharding.global_batch(next(data), mesh)  # bad data fails here, before any compile
+        if state is None:
+            state = jax.jit(fresh_state, out_shardings=st_sh)()
+        # Only now (the student is built from it) is the float32 teacher replaced by its compute-dtype copy.
+        if teacher_params is not None:
+            teacher_params = build.teacher_compute_params(teacher_params, spec)
+        teacher_shapes = None if teacher_params is None else jax.eval_shape(lambda: teacher_params)
+        step, _, _ = build.make_step(config, spec, mesh, tx, schedule, state_shapes, teacher_shapes)
+
+        t0 = time.time()
+        compiled = step.lower(state, batch, step_rng, teacher_params).compile()
+        mem = memory_summary(compiled)
+        # Teacher, data and step are all there: from here on the run directory is written.
+        if is_main:
+            _write_config(workdir, new_json, action)
+        writer = MetricWriter(workdir, config.wandb, config.to_dict())
+        if is_main:
+            print(f"compiled train step in {time.time() - t0:.1f}s on {mesh.devices.size} devices "
+                  f"(mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']}); per-device memory: "
+                  + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in mem.items()))
+            writer.write_text("memory_per_device", json.dumps(mem))
+
+        end = config.num_steps if max_steps is None else min(config.num_steps, start + max_steps)
+        bar = tqdm(total=config.num_steps, initial=start, desc="train", unit="step",
+                   disable=not (is_main and progress), dynamic_ncols=True)
+        last, window_t, window_n, done = {}, time.time(), 0, start
         for i in range(start, end):
             if i > start:
                 batch = sharding.global_batch(next(data), mesh)
@@ -110,6 +222,7 @@ def run(config, workdir, *, max_steps: int | None = None, progress: bool = True)
             if done % config.log_every == 0 or save or done == start + 1:
                 last = _host(metrics)
                 check_finite(done, last)  # before saving: a NaN state never reaches disk
+                ckpts.check()  # a background save that failed stops the run now, not at the next save
                 dt = time.time() - window_t
                 last.update(step_time_s=dt / window_n, samples_per_s=window_n * config.batch_size / dt)
                 writer.write(done, last)
@@ -119,10 +232,17 @@ def run(config, workdir, *, max_steps: int | None = None, progress: bool = True)
             if save:
                 ckpts.save(done, state)
             bar.update(1)
-    finally:
-        bar.close()
-        ckpts.close()
-        writer.close()
+    except BaseException:
+        # Stop the threads before the error leaves: the tf.data iterator in particular must not be
+        # destroyed at interpreter shutdown (see DataIterator.close). A second error from stopping
+        # (mostly the failed save again) is only shown with --verbose; the first one is reported.
+        also = _stop(*_closers(data, bar, ckpts, writer))
+        if also is not None and is_main and verbosity.requested():
+            print(f"also, while stopping: {' '.join(str(also).split())}", file=sys.stderr)
+        raise
+    error = _stop(*_closers(data, bar, ckpts, writer))
+    if error is not None:
+        raise error
 
     if done == config.num_steps or max_steps is not None:
         params = state.ema_params if ema else state.params
@@ -134,3 +254,6 @@ def run(config, workdir, *, max_steps: int | None = None, progress: bool = True)
     return last, state
 
 
+def _closers(data, bar, ckpts, writer):
+    # The data first (its threads), the checkpoint last but one: it waits for the save in flight.
+    return [c for c in (getattr(data, "close", None), bar and bar.close, ckpts.close, writer and writer.close) if c]

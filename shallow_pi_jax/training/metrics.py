@@ -16,7 +16,8 @@ class MetricWriter:
             return
         from tensorboardX import SummaryWriter
 
-        self._tb = SummaryWriter(str(workdir / "tensorboard"))
+        self._dir = workdir / "tensorboard"
+        self._tb = SummaryWriter(str(self._dir))
         if wandb_cfg is not None and wandb_cfg.enabled:
             try:
                 import wandb
@@ -31,6 +32,7 @@ class MetricWriter:
             return
         for k, v in metrics.items():
             self._tb.add_scalar(k, v, step)
+        self._flush()
         if self._wandb is not None:
             self._wandb.log(dict(metrics), step=step)
 
@@ -38,11 +40,25 @@ class MetricWriter:
         if self.enabled:
             self._tb.add_text(tag, text)
 
+    def _flush(self) -> None:
+        # tensorboardX writes in a thread that dies silently on a write error (a full or read-only
+        # disk), after which adding events blocks forever once its queue is full. Flushing here
+        # raises that error in the training loop instead.
+        try:
+            self._tb.flush()
+        except OSError as e:
+            raise OSError(f"metrics could not be written to {self._dir} ({e.strerror or e})") from e
+
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-        if self._wandb is not None:
-            self._wandb.finish()
+        tb, run, self._tb, self._wandb = self._tb, self._wandb, None, None
+        try:
+            if tb is not None:
+                tb.close()
+        except OSError as e:
+            raise OSError(f"metrics could not be written to {self._dir} ({e.strerror or e})") from e
+        finally:
+            if run is not None:
+                run.finish()
 
 
 def check_finite(step: int, metrics: Mapping[str, float]) -> None:

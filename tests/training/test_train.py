@@ -96,8 +96,8 @@ def test_three_distillation_steps_on_a_simulated_8_device_mesh(assets, tmp_path)
     assert ckpts.latest_step() == 3
     # what resume reads back is exactly the state the run ended with: params, optimizer state, step
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    restored = ckpts.restore(abstract)
-    assert int(restored.step) == 3
+    step, restored = ckpts.restore(abstract)
+    assert step == 3 and int(restored.step) == 3
     for a, b in zip(jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(jax.device_get(state))):
         np.testing.assert_array_equal(a, b)
 
