@@ -8,9 +8,11 @@ denoising, and measured latency, side by side with ratios.
     python -m shallow_pi_jax.bench_inference --checkpoint /tmp/shallow_pi_demo              # a trained student
 
 FLOPs need no weights (abstract params) and are counted with every layer/step scan unrolled, since
-XLA's cost analysis counts a loop body once. Two camera settings are reported: all 3 cameras, and
-LIBERO's 2 cameras (right wrist masked): openpi still runs SigLIP on the masked camera, this
-project's Policy skips it; the saving is shown.
+XLA's cost analysis counts a loop body once. Three settings are reported: openpi's (all 3 cameras,
+the whole padded prompt), LIBERO's 2 cameras with SigLIP skipped on the masked right wrist (its
+tokens kept), and the compacted prefix this project's Policy runs: the masked camera's tokens and
+the prompt padding past the bucket that holds a --prompt-tokens prompt leave the prefix (exact, see
+models/prefix.py). A table puts openpi's teacher next to the compacted teacher and student.
 
 --checkpoint takes any policy directory (a training run's --workdir, a student directory, an
 openpi checkpoint or its params/) and replaces the named sizes with its model: the student is
@@ -38,6 +40,7 @@ from shallow_pi_jax import cli, fileio
 from shallow_pi_jax.checkpoint import policy_dir
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.observation import dummy_observation
+from shallow_pi_jax.models.prefix import PrefixPlan, prompt_bucket
 from shallow_pi_jax.perf import costs
 from shallow_pi_jax.serve.policy import Policy
 from shallow_pi_jax.serve.testing import random_params, tiny_config
@@ -61,11 +64,16 @@ def model_config(size: str, pi05: bool, horizon: int | None, max_token_len: int 
     return cfg
 
 
-def measure_latency(cfg: ModelConfig, num_steps: int, repeats: int, warmup: int, active: tuple[str, ...]) -> dict:
+def measure_latency(cfg: ModelConfig, num_steps: int, repeats: int, warmup: int, active: tuple[str, ...],
+                    prompt_tokens: int | None = None) -> dict:
+    """`prompt_tokens` None: openpi's prefix (masked cameras' tokens kept, whole prompt); else the
+    compacted prefix for a prompt of that many valid tokens."""
     params = jax.device_put(random_params(cfg, seed=0))
-    policy = Policy(cfg, params, num_steps=num_steps, noise_seed=0)
+    policy = Policy(cfg, params, num_steps=num_steps, noise_seed=0, compact_prefix=prompt_tokens is not None)
     obs = dummy_observation(cfg, 1)
     obs["image_masks"] = {cam: np.array([cam in active]) for cam in cfg.image_keys}
+    if prompt_tokens is not None:
+        obs["tokenized_prompt_mask"][:, prompt_tokens:] = False
     obs = jax.device_put(obs)
     start = time.perf_counter()
     policy.sample(obs)
@@ -82,7 +90,7 @@ def measure_latency(cfg: ModelConfig, num_steps: int, repeats: int, warmup: int,
             "min_ms": float(np.min(times)), "compile_s": compile_s, "repeats": repeats}
 
 
-ALL3, MASKED = "3 cameras", "2 cameras (masked 3rd skipped)"
+ALL3, MASKED, COMPACT = "3 cameras", "2 cameras (masked 3rd skipped)", "compacted"
 
 
 def checkpoint_model(args) -> tuple[ModelConfig, int, str]:
@@ -108,9 +116,17 @@ def run(args) -> dict:
     all_cams = tuple(teacher_cfg.image_keys)
     # LIBERO's setting (the 3rd camera masked) only exists for a 3-camera model.
     settings = {ALL3: all_cams, MASKED: all_cams[:2]} if len(all_cams) == 3 else {f"{len(all_cams)} cameras": all_cams}
+    if args.prompt_tokens > teacher_cfg.max_token_len:
+        raise cli.UsageError(f"--prompt-tokens: expected <= max_token_len ({teacher_cfg.max_token_len}), "
+                             f"got {args.prompt_tokens}")
+    plan = PrefixPlan(settings[MASKED] if MASKED in settings else all_cams,
+                      prompt_bucket(args.prompt_tokens, teacher_cfg.max_token_len))
+    settings[COMPACT] = plan.cameras
     result = {"flops_size": flops_size, "flops_stage": "lowered" if args.fast_flops else "compiled",
               "pi05": teacher_cfg.pi05, "num_steps": args.num_steps,
               "action_horizon": teacher_cfg.action_horizon, "max_token_len": teacher_cfg.max_token_len,
+              "prompt_tokens": args.prompt_tokens, "prompt_bucket": plan.prompt_len,
+              "prefix_len": {"openpi": teacher_cfg.prefix_len, COMPACT: plan.prefix_len(teacher_cfg)},
               "depths": depths, "settings": list(settings), "flops": {}, "latency": {},
               "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "paper": PAPER}
     if not args.skip_flops:
@@ -127,6 +143,9 @@ def run(args) -> dict:
                 result["flops"][who][MASKED] = {"vision": vision2, "prefix": full.prefix, "denoise": full.denoise,
                                                 "total": vision2 + full.prefix + full.denoise,
                                                 "cameras": list(settings[MASKED])}
+            result["flops"][who][COMPACT] = costs.inference_flops(
+                cfg, num_steps=args.num_steps, compiled=not args.fast_flops, plan=plan).to_dict()
+            bar.update()
         bar.close()
     if not args.skip_latency:
         if args.checkpoint:
@@ -139,8 +158,10 @@ def run(args) -> dict:
         result["latency_size"], result["latency_dtype"] = lat_size, lat_cfg.dtype
         for who, depth in tqdm(list(depths.items()), desc="latency"):
             cfg = lat_cfg.with_depth(depth)
-            result["latency"][who] = {name: measure_latency(cfg, args.num_steps, args.repeats, args.warmup, cams)
-                                      for name, cams in settings.items()}
+            result["latency"][who] = {
+                name: measure_latency(cfg, args.num_steps, args.repeats, args.warmup, cams,
+                                      args.prompt_tokens if name == COMPACT else None)
+                for name, cams in settings.items()}
     return result
 
 
@@ -161,7 +182,12 @@ def format_table(r: dict) -> str:
     lines = []
     for setting in r["settings"]:
         if r["flops"]:
-            lines.append(f"\n**FLOPs per inference, {setting}** ({'π0.5' if r['pi05'] else 'π0'} {r['flops_size']} "
+            label = setting
+            if setting == COMPACT:
+                label = (f"compacted prefix ({len(r['flops']['teacher'][COMPACT]['cameras'])} cameras, "
+                         f"{r['prompt_bucket']}-token prompt bucket: {r['prefix_len'][COMPACT]} prefix tokens "
+                         f"instead of {r['prefix_len']['openpi']})")
+            lines.append(f"\n**FLOPs per inference, {label}** ({'π0.5' if r['pi05'] else 'π0'} {r['flops_size']} "
                          f"sizes, {r['num_steps']} steps, horizon {r['action_horizon']}, "
                          f"{r['max_token_len']} prompt tokens, batch 1)\n\n" + head)
             t, s = r["flops"]["teacher"][setting], r["flops"]["student"][setting]
@@ -181,11 +207,34 @@ def format_table(r: dict) -> str:
                      f"{100 * saved / r['flops']['student'][ALL3]['total']:.1f} % of the student "
                      "(openpi computes it anyway).\n")
     if r["flops"]:
+        lines.append(side_by_side(r))
         p = r["paper"]
         lines.append(f"Paper (π0.5 L18 → L6, {p['device']}): {p['teacher_tflops']} T → {p['student_tflops']} T FLOPs "
                      f"({p['teacher_tflops'] / p['student_tflops']:.2f}×), {p['teacher_ms']} → {p['student_ms']} ms "
                      f"({p['teacher_ms'] / p['student_ms']:.2f}×).\n")
     return "".join(lines)
+
+
+def side_by_side(r: dict) -> str:
+    """openpi's way (every camera, the whole padded prompt) next to the compacted teacher and student."""
+    d, f = r["depths"], r["flops"]
+    openpi = f["teacher"][r["settings"][0]]["total"]
+    rows = [(f"openpi, teacher L{d['teacher']}", f["teacher"][r["settings"][0]], r["prefix_len"]["openpi"]),
+            (f"openpi, student L{d['student']}", f["student"][r["settings"][0]], r["prefix_len"]["openpi"]),
+            (f"compacted, teacher L{d['teacher']}", f["teacher"][COMPACT], r["prefix_len"][COMPACT]),
+            (f"compacted, student L{d['student']}", f["student"][COMPACT], r["prefix_len"][COMPACT])]
+    out = [f"\n**Side by side** (openpi: all cameras, {r['max_token_len']}-token prompt; compacted: masked cameras "
+           f"and prompt padding past {r['prompt_bucket']} tokens dropped, for a {r['prompt_tokens']}-token prompt)\n\n"
+           "| | prefix tokens | vision | prefix | denoise | total | openpi teacher / this |\n"
+           "|---|---|---|---|---|---|---|\n"]
+    for name, x, n in rows:
+        out.append(f"| {name} | {n} | {fmt_flops(x['vision'])} | {fmt_flops(x['prefix'])} | {fmt_flops(x['denoise'])} "
+                   f"| {fmt_flops(x['total'])} | {_fmt_ratio(openpi, x['total'])} |\n")
+    teacher = f["teacher"][COMPACT]["total"]
+    out.append(f"\nCompaction alone (no layer removed) makes the teacher L{d['teacher']} {_fmt_ratio(openpi, teacher)} "
+               f"cheaper than openpi's ({fmt_flops(openpi)} → {fmt_flops(teacher)}FLOPs); the compacted student "
+               f"L{d['student']} is {_fmt_ratio(openpi, f['student'][COMPACT]['total'])} cheaper.\n")
+    return "".join(out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", "--action-horizon", dest="horizon", type=int, default=None,
                    help="action chunk (default: 10 real, config's otherwise; an openpi checkpoint needs it)")
     p.add_argument("--max-token-len", type=int, default=None, help="prompt tokens (default: 200 π0.5, 48 π0)")
+    p.add_argument("--prompt-tokens", type=int, default=20,
+                   help="valid prompt tokens of the compacted setting; the prefix keeps the smallest bucket "
+                        "(32/64/128/max) that holds them (default: 20, a LIBERO instruction with [bos] and '\\n')")
     p.add_argument("--flops-size", default="real", choices=["real", "demo", "tiny"],
                    help="model sizes for the FLOP count (default: real)")
     p.add_argument("--latency-size", default=None, choices=["real", "demo", "tiny"],
@@ -218,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = cli.parse(build_parser(), argv)
-    for flag in ("student_depth", "teacher_depth", "num_steps", "repeats"):
+    for flag in ("student_depth", "teacher_depth", "num_steps", "repeats", "prompt_tokens"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise cli.UsageError(f"--{flag.replace('_', '-')}: expected >= 1, got {value}")

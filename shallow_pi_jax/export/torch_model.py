@@ -20,7 +20,8 @@ told apart by where they appear):
     S        key/value tokens in attention (cached keys, then the new ones) and in the KV cache;
              in `embed_suffix` the suffix tokens
     S_cache  tokens held in a KV cache passed to `run_layers` (the prefix, P)
-    P        prefix tokens (image tokens of every camera, then prompt tokens)
+    P        prefix tokens (image tokens of every camera, then prompt tokens; sample_actions leaves
+             out masked cameras and prompt padding, see `compact_plan`)
     L        layers (the stacked KV cache's leading axis)
     N        query heads
     K        key/value heads
@@ -44,6 +45,7 @@ from torch import nn
 
 from shallow_pi_jax.export.export_config import read_export_config
 from shallow_pi_jax.models.config import GemmaConfig, ModelConfig, SiglipConfig
+from shallow_pi_jax.models.prefix import PROMPT_BUCKETS, PrefixPlan, prefix_plan
 
 # openpi's JAX attention masks logits with this value (not -inf) before a float32 softmax.
 _BIG_NEG = -2.3819763e38
@@ -481,15 +483,27 @@ class Pi0Torch(nn.Module):
         return outs, cache
 
     # -- policy API -----------------------------------------------------------------------
-    def _obs_parts(self, obs: Mapping):
+    def _obs_parts(self, obs: Mapping, plan: PrefixPlan | None = None):
+        """(images, image masks, prompt tokens, prompt mask) of the prefix; with `plan`, only its
+        cameras and its first `prompt_len` prompt slots (models/prefix.py: exact when the plan
+        comes from this batch's masks)."""
         keys = self.config.image_keys
         missing = [k for k in keys if k not in obs["images"]]
         if missing:
             raise ValueError(f"observation images: missing cameras {missing}; expected {list(keys)}")
-        images = [torch.as_tensor(obs["images"][k]) for k in keys]
-        b = images[0].shape[0]
-        masks = [torch.as_tensor(obs.get("image_masks", {}).get(k, np.ones(b, bool))) for k in keys]
-        return images, masks, torch.as_tensor(obs["tokenized_prompt"]), torch.as_tensor(obs["tokenized_prompt_mask"])
+        b = torch.as_tensor(obs["images"][keys[0]]).shape[0]
+        masks = {k: torch.as_tensor(obs.get("image_masks", {}).get(k, np.ones(b, bool))) for k in keys}
+        tokens, tmask = torch.as_tensor(obs["tokenized_prompt"]), torch.as_tensor(obs["tokenized_prompt_mask"])
+        if plan is not None:
+            plan.check(self.config)
+            keys, tokens, tmask = plan.cameras, tokens[:, :plan.prompt_len], tmask[:, :plan.prompt_len]
+        return [torch.as_tensor(obs["images"][k]) for k in keys], [masks[k] for k in keys], tokens, tmask
+
+    def compact_plan(self, obs: Mapping, buckets: Sequence[int] = PROMPT_BUCKETS) -> PrefixPlan:
+        """The compacted prefix for this batch: the same rule as the JAX Policy (models/prefix.py)."""
+        b = np.asarray(obs["tokenized_prompt_mask"]).shape[0]
+        masks = {k: np.asarray(obs.get("image_masks", {}).get(k, np.ones(b, bool))) for k in self.config.image_keys}
+        return prefix_plan(self.config, masks, np.asarray(obs["tokenized_prompt_mask"]), buckets)
 
     def prefix_cache(self, images, image_masks, tokens, token_mask):
         """Vision + prompt through the backbone once. -> (k, v [L,B,P,K,H], prefix mask [B,P])."""
@@ -511,9 +525,13 @@ class Pi0Torch(nn.Module):
         return self.action_out_proj(out[:, -x_t.shape[1]:]).float()
 
     @torch.no_grad()
-    def sample_actions(self, obs: Mapping, noise=None, num_steps: int = 10, generator=None):
-        """Euler integration t = 1 -> 0 in `num_steps` steps with the prefix KV cache. -> [B,H,D]."""
-        images, masks, tokens, tmask = self._obs_parts(obs)
+    def sample_actions(self, obs: Mapping, noise=None, num_steps: int = 10, generator=None,
+                       compact_prefix: bool = True):
+        """Euler integration t = 1 -> 0 in `num_steps` steps with the prefix KV cache. -> [B,H,D].
+
+        `compact_prefix`: cameras masked for the whole batch and the prompt padding past the batch's
+        bucket leave the prefix (same actions, fewer tokens); False keeps openpi's prefix."""
+        images, masks, tokens, tmask = self._obs_parts(obs, self.compact_plan(obs) if compact_prefix else None)
         b = images[0].shape[0]
         if noise is None:
             noise = torch.randn(b, self.config.action_horizon, self.config.action_dim, generator=generator)

@@ -7,11 +7,13 @@
 
 Prefix = image tokens of every camera, then prompt tokens (bidirectional). Suffix = (π0: a state
 token +) the noisy action tokens. The action expert attends to the prefix through shared attention.
+At inference, `compacted(cfg, obs)` (a CompactPi0) leaves out of the prefix the cameras masked for
+the whole batch and the prompt padding past a length bucket: same actions, fewer tokens (prefix.py).
 
 Axis letters in shape comments (this file has no einsum strings; note that S and H do not mean what
 they mean in gemma.py):
     B  batch
-    P  prefix tokens (all cameras' image tokens, then prompt tokens)
+    P  prefix tokens (the prefix's cameras' image tokens, then its prompt tokens)
     S  suffix tokens (π0: 1 state token + H action tokens; π0.5: H action tokens)
     H  action horizon (action steps per chunk), not a head dim
     D  backbone (PaliGemma LLM) width, the prefix tokens' width
@@ -32,6 +34,7 @@ from shallow_pi_jax.models import masks
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.gemma import GemmaMixture
 from shallow_pi_jax.models.observation import validate_observation
+from shallow_pi_jax.models.prefix import PROMPT_BUCKETS, PrefixPlan, full_plan, prefix_plan
 from shallow_pi_jax.models.siglip import Siglip
 
 
@@ -89,19 +92,29 @@ class Pi0(nn.Module):
             self.action_time_mlp_out = nn.Dense(width)
 
     # -- embeddings ------------------------------------------------------------------------
+    def prefix_layout(self) -> PrefixPlan:
+        """Which cameras and how many prompt tokens the prefix holds (openpi's: all of them)."""
+        return full_plan(self.config)
+
     def embed_images(self, obs) -> jax.Array:
-        """[B, cameras·tokens_per_image, D] image tokens, cameras in config order."""
-        return jnp.concatenate([self.PaliGemma.img(obs["images"][cam]) for cam in self.config.image_keys], axis=1)
+        """[B, cameras·tokens_per_image, D] image tokens of the prefix's cameras, in config order."""
+        c = self.config
+        b = obs["state"].shape[0]
+        parts = [self.PaliGemma.img(obs["images"][cam]) for cam in self.prefix_layout().cameras]
+        return jnp.concatenate(parts, axis=1) if parts else jnp.zeros((b, 0, c.llm.width), jnp.dtype(c.dtype))
 
     def embed_prefix(self, obs, image_tokens: Optional[jax.Array] = None) -> Prefix:
         c = self.config
+        plan = self.prefix_layout()
         if image_tokens is None:
             image_tokens = self.embed_images(obs)
-        lang = self.PaliGemma.llm.embed(obs["tokenized_prompt"])
-        image_mask = jnp.concatenate(
-            [jnp.repeat(obs["image_masks"][cam][:, None], c.tokens_per_image, axis=1) for cam in c.image_keys], axis=1)
+        n = plan.prompt_len
+        lang = self.PaliGemma.llm.embed(obs["tokenized_prompt"][:, :n])
+        b = lang.shape[0]
+        image_mask = [jnp.repeat(obs["image_masks"][cam][:, None], c.tokens_per_image, axis=1) for cam in plan.cameras]
+        image_mask = jnp.concatenate(image_mask, axis=1) if image_mask else jnp.zeros((b, 0), bool)
         tokens = jnp.concatenate([image_tokens.astype(lang.dtype), lang], axis=1)
-        mask = jnp.concatenate([image_mask, obs["tokenized_prompt_mask"]], axis=1).astype(bool)
+        mask = jnp.concatenate([image_mask.astype(bool), obs["tokenized_prompt_mask"][:, :n].astype(bool)], axis=1)
         return Prefix(tokens, mask, jnp.zeros(tokens.shape[1], bool))
 
     def embed_suffix(self, obs, x_t, time):
@@ -226,3 +239,28 @@ class CameraSkippingPi0(Pi0):
 def active_cameras(cfg: ModelConfig, image_masks: Mapping[str, Any]) -> tuple[str, ...]:
     """Cameras whose mask is true for at least one example of the batch (host-side, static)."""
     return tuple(cam for cam in cfg.image_keys if bool(np.any(np.asarray(image_masks[cam]))))
+
+
+class CompactPi0(Pi0):
+    """Pi0 whose prefix holds only `plan`'s cameras and first `plan.prompt_len` prompt tokens; same
+    params tree. Cameras left out skip the vision tower and leave no tokens.
+
+    Exact (same actions as Pi0, up to float summation order) when every camera left out is masked
+    for the whole batch and every prompt slot from `plan.prompt_len` on is padding in every example;
+    `compacted(cfg, obs)` builds such a plan from the batch. Per-example masks stay masks."""
+
+    plan: Optional[PrefixPlan] = None
+
+    def prefix_layout(self) -> PrefixPlan:
+        if self.plan is None:
+            return full_plan(self.config)
+        self.plan.check(self.config)
+        return self.plan
+
+
+def compacted(cfg: ModelConfig, obs: Mapping, buckets=PROMPT_BUCKETS) -> CompactPi0:
+    """The compacted model for this batch (reads its masks on the host: they decide the shapes).
+
+        actions = compacted(cfg, obs).apply({"params": p}, rng, obs, method=Pi0.sample_actions)
+    """
+    return CompactPi0(cfg, plan=prefix_plan(cfg, obs["image_masks"], obs["tokenized_prompt_mask"], buckets))

@@ -1,6 +1,7 @@
 """FLOPs of a π0 / π0.5 inference from XLA's cost analysis, split into vision / prefix / denoising.
 
     flops = inference_flops(cfg, batch_size=1, num_steps=10)      # no weights needed
+    compact = inference_flops(cfg, plan=PrefixPlan(cfg.image_keys[:2], 32))   # compacted prefix
     flops.vision, flops.prefix, flops.denoise, flops.total
 
 XLA's HloCostAnalysis counts the body of a while loop once, whatever its trip count, and the model
@@ -30,7 +31,8 @@ from shallow_pi_jax.models import pi0 as pi0_lib
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.observation import dummy_observation
 from shallow_pi_jax.models.params import param_shapes
-from shallow_pi_jax.models.pi0 import CameraSkippingPi0, Pi0
+from shallow_pi_jax.models.pi0 import CameraSkippingPi0, CompactPi0, Pi0
+from shallow_pi_jax.models.prefix import PrefixPlan, full_plan
 
 
 def unroll_scans(fn: Callable, *args) -> Callable:
@@ -172,6 +174,7 @@ class InferenceFlops:
     # sample_actions counted in one piece (optional cross-check): XLA drops the last layer's unused
     # prefix attention/MLP there, which the scanned program executes, so it is a little lower.
     whole: Optional[float] = None
+    prefix_len: Optional[int] = None  # tokens in the prefix (image tokens + prompt tokens)
 
     @property
     def total(self) -> float:
@@ -196,16 +199,26 @@ def abstract_inputs(cfg: ModelConfig, batch_size: int = 1):
 
 def inference_flops(cfg: ModelConfig, batch_size: int = 1, num_steps: int = 10,
                     active_cameras: Optional[tuple[str, ...]] = None, compiled: bool = True,
-                    check_whole: bool = False) -> InferenceFlops:
-    """FLOPs per sample_actions call; `active_cameras` (None = all) skips the vision tower of the rest."""
-    active = tuple(cfg.image_keys) if active_cameras is None else tuple(active_cameras)
-    unknown = set(active) - set(cfg.image_keys)
-    if unknown:
-        raise ValueError(f"active_cameras: {sorted(unknown)} not in the model's cameras {cfg.image_keys}")
-    model = CameraSkippingPi0(cfg, active_cameras=active)
+                    check_whole: bool = False, plan: Optional[PrefixPlan] = None) -> InferenceFlops:
+    """FLOPs per sample_actions call; `active_cameras` (None = all) skips the vision tower of the rest
+    (their tokens stay in the prefix). `plan` instead compacts the prefix (models/prefix.py): only its
+    cameras are computed and only they and its `prompt_len` prompt tokens are in the prefix."""
+    if plan is not None:
+        if active_cameras is not None:
+            raise ValueError("inference_flops: pass active_cameras or plan, not both (a plan names its cameras)")
+        plan.check(cfg)
+        active = plan.cameras
+        model = CompactPi0(cfg, plan=plan)
+    else:
+        active = tuple(cfg.image_keys) if active_cameras is None else tuple(active_cameras)
+        unknown = set(active) - set(cfg.image_keys)
+        if unknown:
+            raise ValueError(f"active_cameras: {sorted(unknown)} not in the model's cameras {cfg.image_keys}")
+        model = CameraSkippingPi0(cfg, active_cameras=active)
     params, obs, noise = abstract_inputs(cfg, batch_size)
     b, width = batch_size, cfg.llm.width
-    tokens = jax.ShapeDtypeStruct((b, len(cfg.image_keys) * cfg.tokens_per_image, width), jnp.dtype(cfg.dtype))
+    n_image_tokens = (len(plan.cameras) if plan is not None else len(cfg.image_keys)) * cfg.tokens_per_image
+    tokens = jax.ShapeDtypeStruct((b, n_image_tokens, width), jnp.dtype(cfg.dtype))
 
     vision = vision_flops(cfg, active, batch_size, compiled=compiled)
     prefix_fn = lambda p, o, t: model.apply({"params": p}, o, t, method=_prefix_cache)  # noqa: E731
@@ -218,7 +231,7 @@ def inference_flops(cfg: ModelConfig, batch_size: int = 1, num_steps: int = 10,
         whole = xla_flops(lambda p, o, n: model.apply({"params": p}, None, o, num_steps=num_steps, noise=n,
                                                       method="sample_actions"), params, obs, noise, compiled=compiled)
     return InferenceFlops(vision=vision, prefix=prefix, denoise=denoise, num_steps=num_steps, cameras=active,
-                          whole=whole)
+                          whole=whole, prefix_len=n_image_tokens + (plan or full_plan(cfg)).prompt_len)
 
 
 def vision_flops(cfg: ModelConfig, active_cameras: tuple[str, ...], batch_size: int = 1,

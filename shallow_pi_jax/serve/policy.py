@@ -10,10 +10,13 @@ A checkpoint directory is either a student written by the trainer / shallow_pi_j
 checkpoint (`params/`, `assets/<asset_id>/norm_stats.json`); for the latter the sizes are read
 from the param tree and the horizon / prompt length come from the env preset or overrides.
 
-Sampling is jitted once per (batch size, set of cameras with a true mask): cameras whose mask is
-false for the whole batch skip the vision tower (openpi runs it anyway). Their image tokens are
-zeros instead, which is exact: masked prefix tokens are never attended by valid tokens and do not
-shift positions.
+Sampling is jitted once per (batch size, set of cameras with a true mask, prompt bucket): cameras
+whose mask is false for the whole batch skip the vision tower (openpi runs it anyway) and leave the
+prefix, as does the prompt padding past the smallest bucket (32/64/128/max_token_len) that holds the
+batch's longest prompt. This is exact: masked prefix tokens are never attended by valid tokens and do
+not shift positions (models/prefix.py). load_policy (what the server runs) compacts; a Policy built
+directly keeps openpi's prefix length unless given `compact_prefix=True` (the skipped cameras'
+tokens are zeros then).
 """
 from __future__ import annotations
 
@@ -34,14 +37,18 @@ from shallow_pi_jax.data import transforms as data_transforms
 from shallow_pi_jax.data.config import DataConfig, DatasetSpec
 from shallow_pi_jax.models.config import ModelConfig, is_pi05_tree
 from shallow_pi_jax.models.observation import dummy_observation, validate_observation
-from shallow_pi_jax.models.pi0 import CameraSkippingPi0, active_cameras
+from shallow_pi_jax.models.pi0 import CameraSkippingPi0, CompactPi0, active_cameras
+from shallow_pi_jax.models.prefix import PROMPT_BUCKETS, PrefixPlan, prefix_plan
 from shallow_pi_jax.serve.presets import EnvPreset, get_preset
 from shallow_pi_jax.sim.demo_dataset import cached_demo_dataset
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num_steps", "active"))
-def _sample(params, obs, noise, *, cfg: ModelConfig, num_steps: int, active: Optional[tuple[str, ...]]):
-    model = CameraSkippingPi0(cfg, active_cameras=active)
+@functools.partial(jax.jit, static_argnames=("cfg", "num_steps", "active", "plan"))
+def _sample(params, obs, noise, *, cfg: ModelConfig, num_steps: int, active: Optional[tuple[str, ...]],
+            plan: Optional[PrefixPlan] = None):
+    # With a plan the prefix is compacted (its cameras and prompt bucket only); without, every
+    # camera keeps its tokens and only the vision tower of those not `active` is skipped.
+    model = CompactPi0(cfg, plan=plan) if plan is not None else CameraSkippingPi0(cfg, active_cameras=active)
     return model.apply({"params": params}, None, obs, num_steps=num_steps, noise=noise, method="sample_actions")
 
 
@@ -56,6 +63,10 @@ class Policy:
       noise_seed: fixed noise for every call (reproducible replies); None draws fresh noise per call
         from `seed`.
       skip_masked_cameras: skip the vision tower for cameras masked on the whole batch.
+      compact_prefix: also leave those cameras' tokens and the prompt padding past the smallest of
+        `prompt_buckets` that holds the batch's longest prompt out of the prefix (exact up to float
+        summation order, ~1e-6; one compiled program per batch size, camera set and bucket). Needs
+        skip_masked_cameras. Off here (bit-identical to the uncompacted program), on in load_policy.
       check_input: called with each raw observation before the input transform; raises ValueError
         naming the bad field (load_policy passes the preset's RequestSpec.check).
     """
@@ -63,9 +74,12 @@ class Policy:
     def __init__(self, config: ModelConfig, params, *, input_transform=None, output_transform=None,
                  num_steps: int = 10, noise_seed: int | None = None, seed: int = 0,
                  skip_masked_cameras: bool = True, metadata: Mapping | None = None,
-                 check_input: Callable[[Mapping], None] | None = None):
+                 check_input: Callable[[Mapping], None] | None = None, compact_prefix: bool = False,
+                 prompt_buckets: tuple[int, ...] = PROMPT_BUCKETS):
         if num_steps < 1:
             raise ValueError(f"num_steps: expected >= 1, got {num_steps}")
+        if any(int(b) < 1 for b in prompt_buckets):
+            raise ValueError(f"prompt_buckets: expected positive lengths, got {tuple(prompt_buckets)}")
         self.config = config
         self.params = params
         self.input_transform = input_transform
@@ -73,6 +87,9 @@ class Policy:
         self.num_steps = int(num_steps)
         self.noise_seed = noise_seed
         self.skip_masked_cameras = skip_masked_cameras
+        # Compaction drops the masked cameras' tokens, so it implies skipping their vision tower.
+        self.compact_prefix = bool(compact_prefix and skip_masked_cameras)
+        self.prompt_buckets = tuple(int(b) for b in prompt_buckets)
         self._rng = jax.random.PRNGKey(seed)
         self._metadata = dict(metadata or {})
         self.check_input = check_input
@@ -98,8 +115,12 @@ class Policy:
         if noise.shape != want:
             raise ValueError(f"noise: expected shape {want}, got {tuple(noise.shape)}")
         active = active_cameras(self.config, obs["image_masks"]) if self.skip_masked_cameras else None
+        plan = None
+        if self.compact_prefix:
+            plan = prefix_plan(self.config, obs["image_masks"], obs["tokenized_prompt_mask"], self.prompt_buckets)
+            active = None  # the plan's cameras are the active ones; one static key, not two
         obs = {k: obs[k] for k in ("images", "image_masks", "state", "tokenized_prompt", "tokenized_prompt_mask")}
-        out = _sample(self.params, obs, noise, cfg=self.config, num_steps=self.num_steps, active=active)
+        out = _sample(self.params, obs, noise, cfg=self.config, num_steps=self.num_steps, active=active, plan=plan)
         return np.asarray(jax.device_get(out))
 
     def infer(self, obs: Mapping, noise=None) -> dict:
@@ -189,8 +210,9 @@ def load_policy(checkpoint, *, env: str = "libero", tokenizer_path=None, norm_st
                 num_steps: int = 10, noise_seed: int | None = None, seed: int = 0,
                 action_horizon: int | None = None, max_token_len: int | None = None,
                 default_prompt: str | None = None, skip_masked_cameras: bool = True,
-                dtype: str | None = None, verify: bool = True) -> Policy:
-    """Checkpoint directory + robot preset → Policy with openpi's input and output transforms."""
+                dtype: str | None = None, verify: bool = True, compact_prefix: bool = True) -> Policy:
+    """Checkpoint directory + robot preset → Policy with openpi's input and output transforms
+    (served with the compacted prefix unless `compact_prefix=False`: see Policy)."""
     preset = get_preset(env)
     # Everything cheap is checked before the params load, which takes minutes for a large checkpoint.
     ckpt = load_checkpoint(checkpoint, action_horizon=action_horizon, max_token_len=max_token_len,
@@ -218,7 +240,8 @@ def load_policy(checkpoint, *, env: str = "libero", tokenizer_path=None, norm_st
     spec = preset.request_spec(image_size=c.image_size[0], stats_state_dim=stats["state"].dim)
     return Policy(c, params, input_transform=data_transforms.make_input_transform(data_cfg),
                   output_transform=out_tf, num_steps=num_steps, noise_seed=noise_seed, seed=seed,
-                  skip_masked_cameras=skip_masked_cameras, metadata=metadata, check_input=spec.check)
+                  skip_masked_cameras=skip_masked_cameras, metadata=metadata, check_input=spec.check,
+                  compact_prefix=compact_prefix)
 
 
 def checked_norm_stats(path, cfg: ModelConfig, preset: EnvPreset) -> tuple[pathlib.Path, dict]:

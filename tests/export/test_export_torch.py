@@ -205,6 +205,40 @@ def test_other_sizes_match_jax():
     assert np.abs(model.sample_actions(obs, noise=noise, num_steps=3).numpy() - np.asarray(a_jax)).max() <= 1e-4
 
 
+def test_compacted_prefix_matches_jax_and_the_full_prefix():
+    """sample_actions drops the camera masked for the whole batch and the prompt padding past the
+    bucket, as the JAX CompactPi0 does: same actions as openpi's prefix, in both frameworks."""
+    import jax
+
+    from shallow_pi_jax.models.pi0 import CompactPi0, Pi0
+    from shallow_pi_jax.models.prefix import PrefixPlan
+    from shallow_pi_jax.serve.testing import tiny_config
+
+    cfg = tiny_config(depth=2, max_token_len=80)
+    jmodel, flat = _random_jax_params(cfg, seed=6)
+    model = torch_model(cfg, flat)
+    g = np.random.default_rng(7)
+    obs = {"images": {k: g.uniform(-1, 1, (2, *cfg.image_size, 3)).astype(np.float32) for k in cfg.image_keys},
+           "image_masks": {"base_0_rgb": np.array([True, True]), "left_wrist_0_rgb": np.array([True, False]),
+                           "right_wrist_0_rgb": np.array([False, False])},
+           "state": g.standard_normal((2, cfg.action_dim)).astype(np.float32),
+           "tokenized_prompt": g.integers(1, cfg.vocab_size, (2, 80)).astype(np.int32),
+           "tokenized_prompt_mask": np.arange(80)[None] < np.array([[5], [40]])}
+    noise = g.standard_normal((2, cfg.action_horizon, cfg.action_dim)).astype(np.float32)
+    plan = model.compact_plan(obs)
+    assert plan == PrefixPlan(("base_0_rgb", "left_wrist_0_rgb"), 64)
+    assert model.prefix_cache(*model._obs_parts(obs, plan))[2].shape[1] == 2 * cfg.tokens_per_image + 64
+    full = model.sample_actions(obs, noise=noise, num_steps=3, compact_prefix=False).numpy()
+    got = model.sample_actions(obs, noise=noise, num_steps=3).numpy()
+    assert np.abs(got - full).max() <= 1e-5 * max(1.0, np.abs(full).max())
+    assert np.abs(full).max() > 1e-2
+    params = {"params": openpi_params.unflatten_params(flat)}
+    for jm in (jmodel, CompactPi0(cfg, plan=plan)):
+        a_jax = jax.jit(lambda p, o, m=jm: m.apply(p, None, o, num_steps=3, noise=noise,
+                                                   method=Pi0.sample_actions))(params, obs)
+        assert np.abs(got - np.asarray(a_jax)).max() <= 1e-4
+
+
 def test_student_export_matches_jax_student(fixture_dir):
     import jax
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from shallow_pi_jax.models.prefix import PrefixPlan, full_plan
 from shallow_pi_jax.perf import costs
 from shallow_pi_jax.serve.testing import tiny_config
 
@@ -84,6 +85,23 @@ def test_student_costs_less_where_layers_are_removed(tiny_flops):
     assert 1.6 < teacher.denoise / student.denoise < 2.05
 
 
+def test_compacted_prefix_costs_less(tiny_flops):
+    cfg, f = tiny_flops
+    full = f[2]
+    same = costs.inference_flops(cfg, num_steps=2, compiled=False, plan=full_plan(cfg))
+    assert abs(same.total - full.total) / full.total < 1e-3  # openpi's plan is openpi's program
+    compact = costs.inference_flops(cfg, num_steps=2, compiled=False, plan=PrefixPlan(cfg.image_keys[:2], 32))
+    assert (full.prefix_len, compact.prefix_len) == (cfg.prefix_len, 2 * cfg.tokens_per_image + 32)
+    assert abs(compact.vision - 2 / 3 * full.vision) / full.vision < 1e-6
+    # Projections and MLPs scale with the prefix tokens, attention with their square.
+    kept = compact.prefix_len / full.prefix_len
+    assert kept ** 2 - 0.02 < compact.prefix / full.prefix < kept + 0.02
+    # The action tokens attend to fewer cached keys.
+    assert compact.denoise < full.denoise
+    with pytest.raises(ValueError, match="not both"):
+        costs.inference_flops(cfg, active_cameras=cfg.image_keys, plan=full_plan(cfg))
+
+
 def test_bench_cli_tiny(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "shallow_pi_jax.bench_inference", "--flops-size", "tiny", "--latency-size",
@@ -98,6 +116,13 @@ def test_bench_cli_tiny(tmp_path):
     t2 = r["flops"]["teacher"]["2 cameras (masked 3rd skipped)"]
     assert t2["total"] < t3["total"] and t2["prefix"] == t3["prefix"]
     assert r["latency"]["student"]["3 cameras"]["median_ms"] > 0
+    # Compacted: the masked camera's tokens and the prompt padding past the 32-token bucket are gone.
+    assert "Side by side" in res.stdout and "Compaction alone" in res.stdout
+    assert r["prompt_bucket"] == 32 and r["prefix_len"] == {"openpi": 3 * 4 + 40, "compacted": 2 * 4 + 32}
+    for who in ("teacher", "student"):
+        c, t2_ = r["flops"][who]["compacted"], r["flops"][who]["2 cameras (masked 3rd skipped)"]
+        assert c["vision"] == t2_["vision"] and c["prefix"] < t2_["prefix"] and c["denoise"] < t2_["denoise"]
+    assert r["latency"]["student"]["compacted"]["median_ms"] > 0
     bad = subprocess.run([sys.executable, "-m", "shallow_pi_jax.bench_inference", "--student-depth", "0"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert bad.returncode == 2 and "--student-depth" in bad.stderr
