@@ -127,7 +127,8 @@ def make_student(args) -> pathlib.Path:
         }
         fileio.write_json(tmp / policy_dir.LAYER_MAP, record)
         policy_dir.write_checksums(tmp)  # last: it covers every file above
-    say(f"student written to {out}: {n_student / 1e6:.1f}M params (teacher {n_teacher / 1e6:.1f}M)")
+    # Always printed, --quiet or not: it is where the output went (pipelines read it).
+    print(f"student written to {out}: {n_student / 1e6:.1f}M params (teacher {n_teacher / 1e6:.1f}M)")
     return out
 
 

@@ -85,8 +85,7 @@ def main(argv=None) -> int:
         logging.info("compiled in %.1f s", time.monotonic() - start)
     server = PolicyServer(policy.infer, policy.metadata, host=args.host, port=args.port,
                           max_frame_bytes=int(args.max_frame_mb * 2**20))
-    logging.info("serving %s (%s, depth %d) on ws://%s:%d", args.checkpoint, args.env, policy.config.depth,
-                 args.host, args.port)
+    logging.info("serving %s (%s, depth %d)", args.checkpoint, args.env, policy.config.depth)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

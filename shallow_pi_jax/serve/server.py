@@ -140,6 +140,8 @@ class PolicyServer:
         async with serve(self._handle, self.host, self.port, compression=None, max_size=self.max_frame_bytes,
                          max_queue=MAX_QUEUE, process_request=self._health) as server:
             self.port = server.sockets[0].getsockname()[1]
+            # Logged once bound: the real port (also for port=0), and a sign that clients may connect.
+            log.info("listening on ws://%s:%d", self.host, self.port)
             self._ready.set()
             await self._stop.wait()
 
