@@ -20,15 +20,24 @@ that model at its own depth, the teacher the same model at its layer map's teach
 (--teacher-depth otherwise). A model with other than 3 cameras is reported with all of them.
 
 Latency is the wall time of one jitted `sample_actions` call (batch 1, random weights, after
-warm-up; median of --repeats) on the machine it runs on. The real sizes are too slow to time on a
-small CPU (tens of seconds per call), so the default latency size is `real` on an accelerator and
-`demo` (the tiny embedded demo model) on CPU; the table says which.
+warm-up; median of --repeats) on the machine it runs on, with openpi's prefix and with the
+compacted one. Each model runs in a child process of its own, its params drawn leaf by leaf
+directly in the timed dtype, so one model is in memory at a time and the peak RSS reported is that
+model's. A table puts each program's latency ratio (openpi's teacher / it) next to its FLOP ratio.
+The real sizes take minutes per call on a small CPU, so the default latency size is `real` on an
+accelerator and `demo` (the tiny embedded demo model) on CPU; the table says which:
+
+    python -m shallow_pi_jax.bench_inference --skip-flops --latency-size real --latency-dtype float32 \
+        --repeats 1 --warmup 0       # a 24 GiB CPU host: the float32 teacher's params are 13.4 GB
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
+import multiprocessing
 import pathlib
+import resource
 import sys
 import time
 
@@ -40,10 +49,11 @@ from shallow_pi_jax import cli, fileio
 from shallow_pi_jax.checkpoint import policy_dir
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.observation import dummy_observation
-from shallow_pi_jax.models.prefix import PrefixPlan, prompt_bucket
+from shallow_pi_jax.models.params import random_params_in_dtype
+from shallow_pi_jax.models.prefix import PrefixPlan, full_plan, prompt_bucket
 from shallow_pi_jax.perf import costs
 from shallow_pi_jax.serve.policy import Policy
-from shallow_pi_jax.serve.testing import random_params, tiny_config
+from shallow_pi_jax.serve.testing import tiny_config
 from shallow_pi_jax.training.config import demo_model
 
 PAPER = {"teacher_tflops": 3.39, "student_tflops": 1.30, "teacher_ms": 25.5, "student_ms": 11.3, "device": "H100"}
@@ -65,10 +75,11 @@ def model_config(size: str, pi05: bool, horizon: int | None, max_token_len: int 
 
 
 def measure_latency(cfg: ModelConfig, num_steps: int, repeats: int, warmup: int, active: tuple[str, ...],
-                    prompt_tokens: int | None = None) -> dict:
+                    prompt_tokens: int | None = None, params=None) -> dict:
     """`prompt_tokens` None: openpi's prefix (masked cameras' tokens kept, whole prompt); else the
-    compacted prefix for a prompt of that many valid tokens."""
-    params = jax.device_put(random_params(cfg, seed=0))
+    compacted prefix for a prompt of that many valid tokens. `params` default: random, created here."""
+    if params is None:
+        params = random_params_in_dtype(cfg, seed=0)
     policy = Policy(cfg, params, num_steps=num_steps, noise_seed=0, compact_prefix=prompt_tokens is not None)
     obs = dummy_observation(cfg, 1)
     obs["image_masks"] = {cam: np.array([cam in active]) for cam in cfg.image_keys}
@@ -85,9 +96,35 @@ def measure_latency(cfg: ModelConfig, num_steps: int, repeats: int, warmup: int,
         start = time.perf_counter()
         policy.sample(obs)  # returns host numpy: includes the device → host copy, as a server does
         times.append(1000 * (time.perf_counter() - start))
-    del params
     return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)),
             "min_ms": float(np.min(times)), "compile_s": compile_s, "repeats": repeats}
+
+
+def peak_rss_mib() -> float:
+    """This process's resident-memory high-water mark (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def model_latency(cfg: ModelConfig, num_steps: int, repeats: int, warmup: int,
+                  settings: dict[str, tuple[tuple[str, ...], int | None]]) -> dict:
+    """Every setting's latency for one model, its params created once, directly in cfg.dtype; and
+    the process's peak RSS. Meant to run in a child process of its own (`in_child`), so that the
+    peak is this model's alone and one model at a time is in memory."""
+    start = time.perf_counter()
+    params = jax.block_until_ready(random_params_in_dtype(cfg, seed=0, dtype=cfg.dtype))
+    out = {"init_s": time.perf_counter() - start, "params": int(sum(x.size for x in jax.tree.leaves(params))),
+           "param_dtype": str(jax.tree.leaves(params)[0].dtype), "settings": {}}
+    for name, (cams, prompt_tokens) in settings.items():
+        out["settings"][name] = measure_latency(cfg, num_steps, repeats, warmup, cams, prompt_tokens, params=params)
+    out["peak_rss_mib"] = peak_rss_mib()
+    return out
+
+
+def in_child(fn, *args):
+    """fn(*args) in a fresh spawned Python process (not forked: the parent's JAX runtime and arrays
+    are not inherited), so its memory is its own and is returned to the system when it exits."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 ALL3, MASKED, COMPACT = "3 cameras", "2 cameras (masked 3rd skipped)", "compacted"
@@ -127,7 +164,7 @@ def run(args) -> dict:
               "action_horizon": teacher_cfg.action_horizon, "max_token_len": teacher_cfg.max_token_len,
               "prompt_tokens": args.prompt_tokens, "prompt_bucket": plan.prompt_len,
               "prefix_len": {"openpi": teacher_cfg.prefix_len, COMPACT: plan.prefix_len(teacher_cfg)},
-              "depths": depths, "settings": list(settings), "flops": {}, "latency": {},
+              "depths": depths, "settings": list(settings), "flops": {}, "latency": {}, "latency_model": {},
               "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "paper": PAPER}
     if not args.skip_flops:
         bar = tqdm(total=2 * len(settings), desc="FLOPs (compiling unrolled programs)")
@@ -153,16 +190,41 @@ def run(args) -> dict:
         else:
             lat_size = args.latency_size or ("demo" if jax.default_backend() == "cpu" else "real")
             lat_cfg = model_config(lat_size, not args.pi0, args.horizon, args.max_token_len)
+            if args.prompt_tokens > lat_cfg.max_token_len:
+                raise cli.UsageError(f"--prompt-tokens: expected <= max_token_len of the {lat_size} sizes "
+                                     f"({lat_cfg.max_token_len}), got {args.prompt_tokens}")
         if args.latency_dtype:
             lat_cfg = dataclasses.replace(lat_cfg, dtype=args.latency_dtype)
         result["latency_size"], result["latency_dtype"] = lat_size, lat_cfg.dtype
-        for who, depth in tqdm(list(depths.items()), desc="latency"):
-            cfg = lat_cfg.with_depth(depth)
-            result["latency"][who] = {
-                name: measure_latency(cfg, args.num_steps, args.repeats, args.warmup, cams,
-                                      args.prompt_tokens if name == COMPACT else None)
-                for name, cams in settings.items()}
+        # Timed: openpi's prefix and the compacted one (the masked-camera-only setting is a FLOPs row).
+        timed = {name: (settings[name], args.prompt_tokens if name == COMPACT else None)
+                 for name in (next(iter(settings)), COMPACT)}
+        result["latency_settings"] = list(timed)
+        lat_plan = PrefixPlan(plan.cameras, prompt_bucket(args.prompt_tokens, lat_cfg.max_token_len))
+        result["latency_prefix_len"] = {timed_name: (lat_plan if timed_name == COMPACT else full_plan(lat_cfg))
+                                        .prefix_len(lat_cfg) for timed_name in timed}
+        result["latency_flops"] = latency_flops(result, args, lat_cfg, lat_size, depths, timed, lat_plan)
+        for who, depth in tqdm(list(depths.items()), desc="latency (one model per child process)"):
+            m = in_child(model_latency, lat_cfg.with_depth(depth), args.num_steps, args.repeats, args.warmup, timed)
+            result["latency"][who] = m.pop("settings")
+            result["latency_model"][who] = m
     return result
+
+
+def latency_flops(result, args, lat_cfg, lat_size, depths, timed, plan) -> dict:
+    """Total FLOPs of each timed program, for the latency-vs-FLOPs ratios: reused from the FLOP
+    tables when they were counted at the timed sizes, else counted here (lowered HLO, no compile)."""
+    same = result["flops"] and lat_size == result["flops_size"]
+    out = {}
+    for who, depth in depths.items():
+        out[who] = {}
+        for name in timed:
+            if same:
+                out[who][name] = result["flops"][who][name]["total"]
+            else:
+                out[who][name] = costs.inference_flops(lat_cfg.with_depth(depth), num_steps=args.num_steps,
+                                                       compiled=False, plan=plan if name == COMPACT else None).total
+    return out
 
 
 def fmt_flops(x: float) -> str:
@@ -194,7 +256,7 @@ def format_table(r: dict) -> str:
             for part in ("vision", "prefix", "denoise", "total"):
                 lines.append(f"| {part} | {fmt_flops(t[part])} | {fmt_flops(s[part])} "
                              f"| {_fmt_ratio(t[part], s[part])} |\n")
-        if r["latency"]:
+        if r["flops"] and r["latency"] and setting in r["latency"]["teacher"]:
             t, s = r["latency"]["teacher"][setting], r["latency"]["student"][setting]
             lines.append(f"| latency, median ({r['latency_size']} sizes, {r['latency_dtype']}, {r['backend']}: "
                          f"{r['device']}) | {t['median_ms']:.2f} ms | {s['median_ms']:.2f} ms | "
@@ -212,7 +274,34 @@ def format_table(r: dict) -> str:
         lines.append(f"Paper (π0.5 L18 → L6, {p['device']}): {p['teacher_tflops']} T → {p['student_tflops']} T FLOPs "
                      f"({p['teacher_tflops'] / p['student_tflops']:.2f}×), {p['teacher_ms']} → {p['student_ms']} ms "
                      f"({p['teacher_ms'] / p['student_ms']:.2f}×).\n")
+    if r["latency"]:
+        lines.append(latency_side_by_side(r))
     return "".join(lines)
+
+
+def latency_side_by_side(r: dict) -> str:
+    """Each timed program against openpi's teacher: the latency ratio next to the FLOP ratio, the
+    fraction of the FLOP ratio the latency reached, and each model's peak memory."""
+    d, lat, fl = r["depths"], r["latency"], r["latency_flops"]
+    openpi_name = r["latency_settings"][0]
+    base_ms, base_flops = lat["teacher"][openpi_name]["median_ms"], fl["teacher"][openpi_name]
+    out = [f"\n**Latency side by side** ({r['latency_size']} sizes, {r['latency_dtype']}, batch 1, "
+           f"{r['num_steps']} steps, {r['backend']}: {r['device']}; median of {lat['teacher'][openpi_name]['repeats']} "
+           "after warm-up; one model per child process, params created in their dtype)\n\n"
+           "| | prefix tokens | FLOPs | FLOP ratio | latency | latency ratio | fraction of FLOP ratio reached "
+           "| peak RSS of the model's process |\n|---|---|---|---|---|---|---|---|\n"]
+    for who in ("teacher", "student"):
+        for name in r["latency_settings"]:
+            ms, flops = lat[who][name]["median_ms"], fl[who][name]
+            flop_ratio, ms_ratio = base_flops / flops, base_ms / ms
+            label = f"{'openpi prefix' if name == openpi_name else 'compacted'}, {who} L{d[who]}"
+            out.append(f"| {label} | {r['latency_prefix_len'][name]} | {fmt_flops(flops)} | {flop_ratio:.2f}× "
+                       f"| {ms:.1f} ms | {ms_ratio:.2f}× | {100 * ms_ratio / flop_ratio:.0f} % "
+                       f"| {r['latency_model'][who]['peak_rss_mib'] / 1024:.2f} GiB |\n")
+    sizes = ", ".join(f"{w}: {fmt_flops(m['params'])} {m['param_dtype']}" for w, m in r["latency_model"].items())
+    out.append(f"\nRatios: openpi-prefix teacher L{d['teacher']} / the row; fraction = latency ratio / FLOP ratio "
+               f"(100 % = time proportional to FLOPs). Peak RSS includes the params ({sizes}) and XLA's compile.\n")
+    return "".join(out)
 
 
 def side_by_side(r: dict) -> str:

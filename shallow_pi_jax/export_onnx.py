@@ -5,6 +5,8 @@
     python -m shallow_pi_jax.export_onnx --torch DIR --out model.onnx \\
         --mode split  # model_prefix.onnx + model_step.onnx
     python -m shallow_pi_jax.export_onnx --torch DIR --out model.onnx --num-steps 5 --verify-batch 2
+    python -m shallow_pi_jax.export_onnx --torch DIR --out libero.onnx --cameras base_0_rgb,left_wrist_0_rgb
+    python -m shallow_pi_jax.export_onnx --torch DIR --out model.onnx --full-prefix   # openpi's prefix
 
 The source (--torch, --checkpoint and --params are one flag) is a PyTorch export written by
 shallow_pi_jax.export_torch, or any policy directory (a training run's --workdir, a student
@@ -14,6 +16,11 @@ Graphs are float32, opset >= 17, dynamic batch; graphs over 2 GB keep their weig
 observation and the result is compared with PyTorch's sample_actions (same noise); a difference over
 --tol (default 1e-4) is an error. The graphs are written and checked in a hidden temporary
 directory and moved into place only when they pass. See docs/export.md for the layouts.
+
+Prefix: by default the graph reads only --cameras (default: all of the model's; LIBERO needs
+base_0_rgb,left_wrist_0_rgb) and its prompt axis is dynamic: the runners cut each batch's prompt to
+the smallest of the 32/64/128/max buckets that holds its longest prompt (exact: padding is never
+attended). --full-prefix exports openpi's prefix (every camera, the whole padded prompt) instead.
 """
 from __future__ import annotations
 
@@ -46,6 +53,11 @@ def parse_args(argv=None):
     p.add_argument("--mode", default="single", choices=("single", "split"),
                    help="single: one graph with the loop unrolled (default); split: prefix + step graphs")
     p.add_argument("--num-steps", type=int, default=10, help="Euler steps (fixed in the single graph; default 10)")
+    p.add_argument("--cameras", default=None,
+                   help="comma-separated cameras the graph reads, in the model's order (default: all); "
+                        "a batch with another camera valid is refused at run time")
+    p.add_argument("--full-prefix", action="store_true",
+                   help="openpi's prefix: every camera, the whole padded prompt (no dynamic prompt axis)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     p.add_argument("--external-data", default="auto", choices=("auto", "always", "never"),
                    help="weights in a .onnx.data file: auto = only over 2 GB (default)")
@@ -74,9 +86,11 @@ def load_model(args) -> Pi0Torch:
     return load_state(Pi0Torch(cfg), tensors, str(pd.params_dir)).eval().requires_grad_(False)
 
 
-def verify(model, files, batch: int, num_steps: int, tol: float) -> float:
+def verify(model, files, batch: int, num_steps: int, tol: float, cameras=None) -> float:
     obs = example_observation(model, batch, seed=1)
     c = model.config
+    # Cameras left out of the graph are masked, as the robot that uses it sends them.
+    obs["image_masks"] = {k: np.full(batch, cameras is None or k in cameras) for k in c.image_keys}
     noise = np.random.default_rng(2).standard_normal((batch, c.action_horizon, c.action_dim)).astype(np.float32)
     with torch.no_grad():
         want = model.sample_actions(obs, noise=noise, num_steps=num_steps).numpy()
@@ -96,7 +110,13 @@ def main(argv=None):
         raise ValueError(f"--out: {out} is a directory; expected a .onnx file path")
     model = load_model(args)
     c = model.config
-    print(f"{'π0.5' if c.pi05 else 'π0'} depth {c.depth}: exporting {args.mode} graph(s), {args.num_steps} steps")
+    cameras = None if args.cameras is None else tuple(k.strip() for k in args.cameras.split(",") if k.strip())
+    if cameras is not None and args.full_prefix:
+        raise cli.UsageError("--cameras: a --full-prefix graph reads every camera; pass one of the two")
+    prefix = ("openpi's full prefix" if args.full_prefix
+              else f"compacted prefix, cameras {list(cameras or c.image_keys)}")
+    print(f"{'π0.5' if c.pi05 else 'π0'} depth {c.depth}: exporting {args.mode} graph(s), {args.num_steps} steps, "
+          f"{prefix}")
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written and verified beside --out, moved into place only once they pass: a failed export or
     # check leaves earlier files as they were. A graph finds its .onnx.data by file name, so the
@@ -104,11 +124,12 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.", suffix=".tmp") as tmp:
         t0 = time.perf_counter()
         staged = export_onnx(model, pathlib.Path(tmp) / out.name, mode=args.mode, num_steps=args.num_steps,
-                             opset=args.opset, external_data=args.external_data)
+                             opset=args.opset, external_data=args.external_data,
+                             prefix="full" if args.full_prefix else "compact", cameras=cameras)
         print(f"exported in {time.perf_counter() - t0:.1f} s: " + ", ".join(
             f"{out.parent / f.name} ({f.stat().st_size / 2**20:.1f} MiB)" for f in staged))
         if not args.no_verify:
-            err = verify(model, staged, args.verify_batch, args.num_steps, args.tol)
+            err = verify(model, staged, args.verify_batch, args.num_steps, args.tol, cameras)
             print(f"onnxruntime vs PyTorch sample_actions (batch {args.verify_batch}): "
                   f"max |diff| {err:.2e} <= {args.tol:g}")
         # Weights first, graphs last: a graph in place always finds its data.

@@ -11,8 +11,15 @@ Inputs (batch axis dynamic everywhere): `image_<camera>` float32 [B,H,W,3] in [-
 `image_mask_<camera>` bool [B], `state` float32 [B,action_dim] (π0 only; π0.5 does not read it),
 `tokenized_prompt` int32 [B,T], `tokenized_prompt_mask` bool [B,T], `noise` float32 [B,H,D].
 
+Prefix (models/prefix.py): "compact" (default) graphs take only the exported `cameras` (default all
+of the model's) and a dynamic prompt axis T ("prompt_tokens"); the runner cuts each batch's prompt
+to the smallest of `prompt_buckets` that holds its longest prompt, as the JAX Policy does, so T
+only ever takes the bucket lengths (a TensorRT engine gets one shape profile over them). "full" is
+openpi's prefix: every camera and T = max_token_len, fixed. Both give the same actions.
+
     from shallow_pi_jax.export.onnx_export import export_onnx
     files = export_onnx(model, "out/policy.onnx", mode="single", num_steps=10)
+    files = export_onnx(model, "out/libero.onnx", cameras=("base_0_rgb", "left_wrist_0_rgb"))
 """
 from __future__ import annotations
 
@@ -29,16 +36,19 @@ import torch
 from torch import nn
 
 from shallow_pi_jax.export.torch_model import Pi0Torch, euler_schedule
+from shallow_pi_jax.models.prefix import PROMPT_BUCKETS, prompt_buckets
 
 OPSET = 17
 TWO_GB = 2 * 1024**3
 MODES = ("single", "split")
+PREFIXES = ("compact", "full")
 METADATA_KEY = "shallow_pi_jax"
 
 
-def observation_input_names(model: Pi0Torch) -> list[str]:
+def observation_input_names(model: Pi0Torch, cameras=None) -> list[str]:
     c = model.config
-    names = [f"image_{k}" for k in c.image_keys] + [f"image_mask_{k}" for k in c.image_keys]
+    cams = c.image_keys if cameras is None else cameras
+    names = [f"image_{k}" for k in cams] + [f"image_mask_{k}" for k in cams]
     if not c.pi05:
         names.append("state")
     return names + ["tokenized_prompt", "tokenized_prompt_mask"]
@@ -62,12 +72,12 @@ def observation_feed(obs: Mapping, image_keys, pi05: bool) -> dict[str, np.ndarr
 
 
 class _Inputs(nn.Module):
-    """Unpacks the flat graph inputs into the model's pieces."""
+    """Unpacks the flat graph inputs into the model's pieces (`n_cam` cameras' images, then masks)."""
 
-    def __init__(self, model: Pi0Torch):
+    def __init__(self, model: Pi0Torch, n_cam: int | None = None):
         super().__init__()
         self.model = model
-        self.n_cam = len(model.config.image_keys)
+        self.n_cam = len(model.config.image_keys) if n_cam is None else n_cam
         self.pi05 = model.config.pi05
 
     def split(self, args):
@@ -80,8 +90,8 @@ class _Inputs(nn.Module):
 class PolicyGraph(_Inputs):
     """Observation + noise -> actions; prefix pass and `num_steps` Euler steps in one graph."""
 
-    def __init__(self, model: Pi0Torch, num_steps: int):
-        super().__init__(model)
+    def __init__(self, model: Pi0Torch, num_steps: int, n_cam: int | None = None):
+        super().__init__(model, n_cam)
         self.schedule = euler_schedule(num_steps)
 
     def forward(self, *args):
@@ -174,14 +184,26 @@ def read_metadata(onnx_path) -> dict:
 
 @torch.no_grad()
 def export_onnx(model: Pi0Torch, out: str | pathlib.Path, mode: str = "single", num_steps: int = 10,
-                opset: int = OPSET, external_data: str = "auto", example_batch: int = 2) -> list[pathlib.Path]:
+                opset: int = OPSET, external_data: str = "auto", example_batch: int = 2,
+                prefix: str = "compact", cameras=None, buckets=PROMPT_BUCKETS) -> list[pathlib.Path]:
     """Export float32 graphs next to `out` (a .onnx path). Returns the files written.
 
     mode "single" writes `out`; "split" writes `<stem>_prefix.onnx` and `<stem>_step.onnx`.
     external_data: "auto" (only over 2 GB), "always" or "never".
+    prefix "compact": the graph reads only `cameras` (default: all the model's, in config order) and
+    has a dynamic prompt axis, fed at the `buckets` lengths by the runners; "full": openpi's prefix.
     """
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    if prefix not in PREFIXES:
+        raise ValueError(f"prefix: expected one of {PREFIXES}, got {prefix!r}")
+    keys = model.config.image_keys
+    cams = tuple(keys if cameras is None else cameras)
+    if prefix == "full" and cams != tuple(keys):
+        raise ValueError(f"cameras: a full-prefix graph reads every camera {list(keys)}; got {list(cams)} "
+                         "(compact graphs take a subset)")
+    if not cams or [k for k in keys if k in cams] != list(cams) or len(set(cams)) != len(cams):
+        raise ValueError(f"cameras: expected a non-empty subset of {list(keys)} in that order, got {list(cams)}")
     if opset < 17:
         raise ValueError(f"opset: expected >= 17, got {opset}")
     if external_data not in ("auto", "always", "never"):
@@ -194,12 +216,20 @@ def export_onnx(model: Pi0Torch, out: str | pathlib.Path, mode: str = "single", 
     model = model.eval()
     c = model.config
     obs = example_observation(model, example_batch)
-    feed = observation_feed(obs, c.image_keys, c.pi05)
-    names = observation_input_names(model)
+    feed = observation_feed(obs, cams, c.pi05)
+    names = observation_input_names(model, cams)
     args = [torch.from_numpy(feed[n]) for n in names]
     batch_axes = {n: {0: "batch"} for n in names}
+    # The prompt axis (and the prefix axis of the KV cache it feeds) is dynamic in a compact graph.
+    # Traced at max_token_len, which is one of the buckets; the tests run the other lengths.
+    prompt_axis, cache_axis = ({}, {}) if prefix == "full" else ({1: "prompt_tokens"}, {2: "prefix_tokens"})
+    for n in ("tokenized_prompt", "tokenized_prompt_mask"):
+        batch_axes[n] = {**batch_axes[n], **prompt_axis}
     noise = torch.randn(example_batch, c.action_horizon, c.action_dim)
-    meta = {"mode": mode, "num_steps": num_steps, "opset": opset, "model": c.to_dict()}
+    meta = {"mode": mode, "num_steps": num_steps, "opset": opset, "model": c.to_dict(), "prefix": prefix,
+            "cameras": list(cams),
+            "prompt_buckets": list(prompt_buckets(c.max_token_len, buckets) if prefix == "compact"
+                                   else (c.max_token_len,))}
     out.parent.mkdir(parents=True, exist_ok=True)
     # Exported in a scratch directory (the TorchScript exporter may spill one file per tensor for
     # big models) and moved into place at the end, so a failed export leaves nothing behind.
@@ -208,20 +238,21 @@ def export_onnx(model: Pi0Torch, out: str | pathlib.Path, mode: str = "single", 
         files = []
         if mode == "single":
             path = tmp / out.name
-            _export(PolicyGraph(model, num_steps), args + [noise], names + ["noise"], ["actions"],
+            _export(PolicyGraph(model, num_steps, len(cams)), args + [noise], names + ["noise"], ["actions"],
                     {**batch_axes, "noise": {0: "batch"}, "actions": {0: "batch"}}, path, opset)
             files += _finalize(path, external_data, {**meta, "role": "policy"})
         else:
-            k, v, pmask = PrefixGraph(model)(*args)
-            cache_axes = {"k_cache": {1: "batch"}, "v_cache": {1: "batch"}, "prefix_mask": {0: "batch"}}
+            k, v, pmask = PrefixGraph(model, len(cams))(*args)
+            cache_axes = {"k_cache": {1: "batch", **cache_axis}, "v_cache": {1: "batch", **cache_axis},
+                          "prefix_mask": {0: "batch", **{1: a for a in cache_axis.values()}}}
             path = tmp / (out.stem + "_prefix.onnx")
-            _export(PrefixGraph(model), args, names, ["k_cache", "v_cache", "prefix_mask"],
+            _export(PrefixGraph(model, len(cams)), args, names, ["k_cache", "v_cache", "prefix_mask"],
                     {**batch_axes, **cache_axes}, path, opset)
             files += _finalize(path, external_data, {**meta, "role": "prefix"})
             step_names = ([] if c.pi05 else ["state"]) + ["k_cache", "v_cache", "prefix_mask", "x_t", "time"]
             step_args = (([] if c.pi05 else [args[names.index("state")]])
                          + [k, v, pmask, noise, torch.ones(example_batch)])
-            axes = {n: ({1: "batch"} if n in ("k_cache", "v_cache") else {0: "batch"}) for n in step_names + ["v_t"]}
+            axes = {n: cache_axes.get(n, {0: "batch"}) for n in step_names + ["v_t"]}
             path = tmp / (out.stem + "_step.onnx")
             _export(StepGraph(model), step_args, step_names, ["v_t"], axes, path, opset)
             files += _finalize(path, external_data, {**meta, "role": "step"})

@@ -1,7 +1,9 @@
 """Run exported ONNX graphs with onnxruntime behind a policy API: `infer(obs) -> {"actions": ...}`.
 
 Works with both layouts of `onnx_export` ("single": one graph; "split": prefix graph + step graph
-with the Euler loop here). The TensorRT runner in tools/jetson/ answers the same API.
+with the Euler loop here), and both prefixes: a compact graph is fed its cameras and each batch's
+prompt cut to the smallest exported bucket that holds the batch's longest prompt (the JAX Policy's
+rule, models/prefix.py). The TensorRT runner in tools/jetson/ answers the same API.
 
     policy = OnnxPolicy("out/policy.onnx")                  # or "out/policy_prefix.onnx"
     out = policy.infer(obs)                                # obs: the project's batch dict
@@ -16,6 +18,8 @@ import numpy as np
 
 from shallow_pi_jax.export.onnx_export import observation_feed, read_metadata
 from shallow_pi_jax.export.torch_model import euler_schedule
+from shallow_pi_jax.models.config import ModelConfig
+from shallow_pi_jax.models.prefix import prefix_plan
 
 
 def _session(path, providers, threads):
@@ -38,6 +42,11 @@ class OnnxPolicy:
         self.pi05 = bool(m["pi05"])
         self.action_shape = (int(m["action_horizon"]), int(m["action_dim"]))
         self.num_steps = int(meta["num_steps"])
+        self.config = ModelConfig.from_dict(m)
+        # Graphs exported before compaction have openpi's prefix: every camera, the whole prompt.
+        self.prefix_kind = meta.get("prefix", "full")
+        self.cameras = tuple(meta.get("cameras", self.image_keys))
+        self.prompt_buckets = tuple(int(b) for b in meta.get("prompt_buckets", (m["max_token_len"],)))
         self._rng = np.random.default_rng(seed)
         if self.mode == "single":
             self.policy = _session(path, providers, threads)
@@ -46,10 +55,25 @@ class OnnxPolicy:
             self.prefix = _session(path.with_name(stem + "_prefix.onnx"), providers, threads)
             self.step = _session(path.with_name(stem + "_step.onnx"), providers, threads)
 
+    def feed(self, obs) -> dict[str, np.ndarray]:
+        """The graph's inputs for a batch: its cameras, the prompt cut to the batch's bucket."""
+        b = np.shape(obs["tokenized_prompt_mask"])[0]
+        masks = {k: obs.get("image_masks", {}).get(k, np.ones(b, bool)) for k in self.image_keys}
+        plan = prefix_plan(self.config, masks, obs["tokenized_prompt_mask"], self.prompt_buckets)
+        missing = [k for k in plan.cameras if k not in self.cameras]
+        if missing:
+            raise ValueError(f"observation image_masks: cameras {missing} are valid in this batch but the graph "
+                             f"was exported with cameras {list(self.cameras)} only; export them too")
+        # The graph's cameras masked for this whole batch are still fed: masked tokens change nothing.
+        feed = observation_feed(obs, self.cameras, self.pi05)
+        for n in ("tokenized_prompt", "tokenized_prompt_mask"):
+            feed[n] = np.ascontiguousarray(feed[n][:, :plan.prompt_len])
+        return feed
+
     def infer(self, obs, noise=None, num_steps: int | None = None) -> dict:
         """-> {"actions": float32 [B,H,D], "policy_timing": {"infer_ms": ...}}."""
         t0 = time.perf_counter()
-        feed = observation_feed(obs, self.image_keys, self.pi05)
+        feed = self.feed(obs)
         b = feed["tokenized_prompt"].shape[0]
         if noise is None:
             noise = self._rng.standard_normal((b, *self.action_shape)).astype(np.float32)

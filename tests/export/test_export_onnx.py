@@ -2,6 +2,7 @@
 import functools
 import pathlib
 
+import jax
 import numpy as np
 import onnx
 import pytest
@@ -12,6 +13,8 @@ from shallow_pi_jax.export import convert, onnx_export
 from shallow_pi_jax.export import torch_model as tm
 from shallow_pi_jax.export.onnx_policy import OnnxPolicy
 from shallow_pi_jax.models.config import ModelConfig
+from shallow_pi_jax.models.pi0 import Pi0, compacted
+from shallow_pi_jax.serve.testing import random_params, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]
 
@@ -98,3 +101,75 @@ def test_export_onnx_cli(tmp_path):
     files = export_onnx.main(["--torch", str(out), "--out", str(tmp_path / "onnx" / "m.onnx"), "--mode", "split",
                               "--num-steps", "3", "--verify-batch", "1"])
     assert [f.name for f in files] == ["m_prefix.onnx", "m_step.onnx"]
+    # LIBERO's cameras only; checked against PyTorch on a batch with the third camera masked.
+    files = export_onnx.main(["--torch", str(out), "--out", str(tmp_path / "libero" / "m.onnx"), "--num-steps", "2",
+                              "--verify-batch", "1", "--cameras", "base_0_rgb, left_wrist_0_rgb"])
+    meta = onnx_export.read_metadata(files[0])
+    assert (meta["prefix"], meta["cameras"]) == ("compact", ["base_0_rgb", "left_wrist_0_rgb"])
+    with pytest.raises(ValueError, match="--cameras"):
+        export_onnx.main(["--torch", str(out), "--out", str(tmp_path / "x.onnx"), "--full-prefix",
+                          "--cameras", "base_0_rgb"])
+
+
+BASE, LEFT, RIGHT = "base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"
+
+
+def _compact_batch(cfg, prompt_lens, seed):
+    """LIBERO-like: right wrist masked everywhere, left wrist masked for the last example only,
+    prompts of `prompt_lens` valid tokens; masked pixels and padding tokens are random."""
+    g = np.random.default_rng(seed)
+    b = len(prompt_lens)
+    obs = {"images": {k: g.uniform(-1, 1, (b, *cfg.image_size, 3)).astype(np.float32) for k in cfg.image_keys},
+           "image_masks": {BASE: np.ones(b, bool), LEFT: np.arange(b) < b - 1, RIGHT: np.zeros(b, bool)},
+           "state": g.standard_normal((b, cfg.action_dim)).astype(np.float32),
+           "tokenized_prompt": g.integers(1, cfg.vocab_size, (b, cfg.max_token_len)).astype(np.int32),
+           "tokenized_prompt_mask": np.arange(cfg.max_token_len)[None] < np.asarray(prompt_lens)[:, None]}
+    return obs, g.standard_normal((b, cfg.action_horizon, cfg.action_dim)).astype(np.float32)
+
+
+def _rel_err(got, ref):
+    return float(np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())))
+
+
+def test_compact_graph_runs_the_bucketed_prefix_and_matches_jax(tmp_path):
+    """LIBERO's graph (base + left wrist, dynamic prompt axis) fed at each bucket: the same actions as
+    the JAX model with openpi's prefix and with the compacted one; the full-prefix flag still works."""
+    cfg = tiny_config(depth=2, max_token_len=80)  # buckets 32, 64, 80
+    params = random_params(cfg, seed=3)
+    model = tm.load_state(tm.Pi0Torch(cfg), convert.convert_params(openpi_params.flatten_params(params), cfg))
+    model = model.eval().requires_grad_(False)
+    compact = OnnxPolicy(onnx_export.export_onnx(model, tmp_path / "libero.onnx", num_steps=3,
+                                                 cameras=(BASE, LEFT))[0])
+    meta = compact.meta
+    assert (meta["prefix"], meta["cameras"], meta["prompt_buckets"]) == ("compact", [BASE, LEFT], [32, 64, 80])
+    inputs = {i.name: i.shape for i in compact.policy.get_inputs()}
+    assert f"image_{RIGHT}" not in inputs and isinstance(inputs["tokenized_prompt"][1], str)  # dynamic axis
+    full = OnnxPolicy(onnx_export.export_onnx(model, tmp_path / "full.onnx", mode="split", num_steps=3,
+                                              prefix="full")[0])
+    assert full.meta["prefix"] == "full" and [i.shape[1] for i in full.prefix.get_inputs()
+                                               if i.name == "tokenized_prompt"] == [80]
+
+    def jax_actions(m, obs, noise):
+        return np.asarray(jax.jit(lambda p, o, n: m.apply({"params": p}, None, o, num_steps=3, noise=n,
+                                                          method=Pi0.sample_actions))(params, obs, noise))
+
+    for lens, bucket in (([7, 20, 3], 32), ([7, 45, 20], 64), ([2, 80, 9], 80)):
+        obs, noise = _compact_batch(cfg, lens, seed=bucket)
+        assert compact.feed(obs)["tokenized_prompt"].shape == (3, bucket)
+        assert full.feed(obs)["tokenized_prompt"].shape == (3, 80)
+        ref = jax_actions(Pi0(cfg), obs, noise)
+        ref_compact = jax_actions(compacted(cfg, obs), obs, noise)
+        assert np.abs(ref).max() > 1e-2
+        for policy in (compact, full):
+            got = policy.infer(obs, noise=noise)["actions"]
+            assert _rel_err(got, ref) <= 1e-5 and _rel_err(got, ref_compact) <= 1e-5, (lens, policy.prefix_kind)
+    # A batch that sees the right wrist needs a graph that has it.
+    obs["image_masks"][RIGHT][0] = True
+    with pytest.raises(ValueError, match=r"cameras \['right_wrist_0_rgb'\] are valid.*exported with cameras"):
+        compact.infer(obs, noise=noise)
+    assert full.infer(obs, noise=noise)["actions"].shape == noise.shape
+    with pytest.raises(ValueError, match="cameras: expected a non-empty subset"):
+        onnx_export.export_onnx(model, tmp_path / "bad.onnx", cameras=(LEFT, BASE))
+    with pytest.raises(ValueError, match="full-prefix graph reads every camera"):
+        onnx_export.export_onnx(model, tmp_path / "bad.onnx", prefix="full", cameras=(BASE,))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full_prefix.onnx", "full_step.onnx", "libero.onnx"]

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from shallow_pi_jax.models.params import param_shapes, random_params_in_dtype
 from shallow_pi_jax.models.prefix import PrefixPlan, full_plan
 from shallow_pi_jax.perf import costs
 from shallow_pi_jax.serve.testing import tiny_config
@@ -102,6 +103,22 @@ def test_compacted_prefix_costs_less(tiny_flops):
         costs.inference_flops(cfg, active_cameras=cfg.image_keys, plan=full_plan(cfg))
 
 
+def test_random_params_are_drawn_in_their_dtype():
+    cfg = tiny_config(depth=2)
+    shapes = param_shapes(cfg)
+    for dtype in ("bfloat16", None):
+        p = random_params_in_dtype(cfg, seed=0, dtype=dtype)
+        want = jnp.bfloat16 if dtype else jnp.float32
+        assert jax.tree.structure(p) == jax.tree.structure(shapes)
+        for got, ref in zip(jax.tree.leaves(p), jax.tree.leaves(shapes)):
+            assert got.shape == ref.shape and got.dtype == want
+    big = max(jax.tree.leaves(p), key=lambda x: x.size)
+    std = float(jnp.std(big.astype(jnp.float32)))
+    assert abs(std - 1 / np.sqrt(big.shape[-2])) < 0.1 / np.sqrt(big.shape[-2])
+    again = random_params_in_dtype(cfg, seed=0)
+    assert all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(again)))
+
+
 def test_bench_cli_tiny(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "shallow_pi_jax.bench_inference", "--flops-size", "tiny", "--latency-size",
@@ -123,6 +140,15 @@ def test_bench_cli_tiny(tmp_path):
         c, t2_ = r["flops"][who]["compacted"], r["flops"][who]["2 cameras (masked 3rd skipped)"]
         assert c["vision"] == t2_["vision"] and c["prefix"] < t2_["prefix"] and c["denoise"] < t2_["denoise"]
     assert r["latency"]["student"]["compacted"]["median_ms"] > 0
+    # Latency next to FLOPs, one child process per model: its params and its own peak memory.
+    assert "Latency side by side" in res.stdout and "fraction of FLOP ratio reached" in res.stdout
+    assert r["latency_settings"] == ["3 cameras", "compacted"]
+    for who in ("teacher", "student"):
+        for name in r["latency_settings"]:
+            assert r["latency_flops"][who][name] == r["flops"][who][name]["total"]  # same sizes: reused
+        m = r["latency_model"][who]
+        assert m["param_dtype"] == "float32" and 100 < m["peak_rss_mib"] < 16 * 1024
+    assert r["latency_model"]["teacher"]["params"] > r["latency_model"]["student"]["params"]
     bad = subprocess.run([sys.executable, "-m", "shallow_pi_jax.bench_inference", "--student-depth", "0"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert bad.returncode == 2 and "--student-depth" in bad.stderr

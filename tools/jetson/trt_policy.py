@@ -37,17 +37,31 @@ def onnx_metadata(onnx_path) -> dict:
     raise ValueError(f"{onnx_path}: no {META_KEY!r} metadata; export it with tools/export_onnx.py")
 
 
+def _prefix_len(meta: dict, prompt_len: int) -> int:
+    return len(meta.get("cameras", meta["model"]["image_keys"])) * _tokens_per_image(meta) + prompt_len
+
+
+def _tokens_per_image(meta: dict) -> int:
+    m = meta["model"]
+    return (m["image_size"][0] // m["siglip"]["patch_size"][0]) * (m["image_size"][1] // m["siglip"]["patch_size"][1])
+
+
 def shape_profiles(onnx_path, lo: int, opt: int, hi: int) -> tuple[str, str, str]:
-    """trtexec --minShapes/--optShapes/--maxShapes values: batch varies, every other axis is fixed."""
+    """trtexec --minShapes/--optShapes/--maxShapes values: batch varies; a compact graph's prompt
+    axis ("prompt_tokens", and the KV cache's "prefix_tokens") spans its smallest to largest bucket,
+    optimised for the smallest (LIBERO instructions); every other axis is fixed."""
     import onnx
 
     m = onnx.load(str(onnx_path), load_external_data=False)
+    meta = onnx_metadata(onnx_path)
+    buckets = meta.get("prompt_buckets", [meta["model"]["max_token_len"]])
+    prompt = {"min": buckets[0], "opt": buckets[0], "max": buckets[-1]}
     out = []
-    for b in (lo, opt, hi):
+    for b, which in ((lo, "min"), (opt, "opt"), (hi, "max")):
+        sizes = {"batch": b, "prompt_tokens": prompt[which], "prefix_tokens": _prefix_len(meta, prompt[which])}
         specs = []
         for i in m.graph.input:
-            dims = [d.dim_value if d.dim_value else None for d in i.type.tensor_type.shape.dim]
-            dims = [b if d is None else d for d in dims]  # the only symbolic axis is the batch
+            dims = [d.dim_value if d.dim_value else sizes[d.dim_param] for d in i.type.tensor_type.shape.dim]
             specs.append(f"{i.name}:" + "x".join(str(d) for d in dims))
         out.append(",".join(specs))
     return tuple(out)
@@ -114,6 +128,9 @@ class TrtPolicy:
         m = self.meta["model"]
         self.mode, self.num_steps = self.meta["mode"], int(self.meta["num_steps"])
         self.image_keys, self.pi05 = tuple(m["image_keys"]), bool(m["pi05"])
+        # Compact graphs: their cameras, and the prompt cut to a bucket (models/prefix.py's rule).
+        self.cameras = tuple(self.meta.get("cameras", self.image_keys))
+        self.buckets = tuple(self.meta.get("prompt_buckets", (m["max_token_len"],)))
         self.action_shape = (int(m["action_horizon"]), int(m["action_dim"]))
         self._rng = np.random.default_rng(seed)
         if self.mode == "single":
@@ -126,12 +143,24 @@ class TrtPolicy:
     def _feed(self, obs):
         images, masks = obs["images"], obs.get("image_masks", {})
         b = np.shape(images[self.image_keys[0]])[0]
-        feed = {f"image_{k}": np.asarray(images[k], np.float32) for k in self.image_keys}
-        feed.update({f"image_mask_{k}": np.asarray(masks.get(k, np.ones(b, bool)), bool) for k in self.image_keys})
+        valid = [k for k in self.image_keys if np.any(masks.get(k, np.ones(b, bool)))]
+        missing = [k for k in valid if k not in self.cameras]
+        if missing:
+            raise ValueError(f"observation image_masks: cameras {missing} are valid in this batch but the engine "
+                             f"was built for cameras {list(self.cameras)} only")
+        feed = {f"image_{k}": np.asarray(images[k], np.float32) for k in self.cameras}
+        feed.update({f"image_mask_{k}": np.asarray(masks.get(k, np.ones(b, bool)), bool) for k in self.cameras})
         if not self.pi05:
             feed["state"] = np.asarray(obs["state"], np.float32)
         feed["tokenized_prompt"] = np.asarray(obs["tokenized_prompt"], np.int32)
         feed["tokenized_prompt_mask"] = np.asarray(obs["tokenized_prompt_mask"], bool)
+        # Slots past the batch's last valid prompt token are padding for every example: cut them,
+        # keeping the smallest bucket that holds the rest (the shapes the engine was built for).
+        used = np.flatnonzero(feed["tokenized_prompt_mask"].any(axis=0))
+        n = int(used[-1]) + 1 if used.size else 0
+        bucket = next(x for x in self.buckets if x >= n)
+        for k in ("tokenized_prompt", "tokenized_prompt_mask"):
+            feed[k] = np.ascontiguousarray(feed[k][:, :bucket])
         return feed, b
 
     def infer(self, obs, noise=None, num_steps=None) -> dict:
