@@ -1,5 +1,6 @@
 """Config validation before anything runs (`config.<key>: expected ..., got ...`), every documented
 `--config.x=` override parses as train.py parses it (lists of datasets included), and flag errors are one line."""
+import ast
 import json
 import pathlib
 import re
@@ -72,6 +73,8 @@ def test_every_documented_override_parses(override):
         assert got == tuple(json.loads(value))
     elif isinstance(got, bool):
         assert got == (value == "True")
+    elif isinstance(got, tuple):  # a Python literal, as documented: '(True,True,False)'
+        assert got == ast.literal_eval(value)
     else:
         assert str(got) == value
 
