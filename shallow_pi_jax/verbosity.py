@@ -19,15 +19,6 @@ def requested(flag: bool = False) -> bool:
     return bool(flag) or os.environ.get(ENV, "") not in ("", "0")
 
 
-# TensorFlow's C++ logging reads its level from the environment once, when TF is first imported, so
-# it cannot wait for configure(). Unless SHALLOW_PI_VERBOSE asks for everything, its INFO and WARNING
-# lines are off: among them, every tf.data thread re-printing a data error with its Python traceback
-# after the command has already said it in one line. Every command imports this module (through cli)
-# before anything imports TensorFlow. A value the user set is kept.
-if not requested():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
 def configure(verbose: bool = False) -> bool:
     """Set the libraries' log levels; returns whether verbose output was asked for."""
     verbose = requested(verbose)

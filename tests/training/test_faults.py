@@ -205,7 +205,9 @@ def setup(tmp_path_factory):
     config = root / "faults_config.py"
     config.write_text(CONFIG.replace("{root!r}", repr(str(root))).replace("{tok!r}", repr(tok))
                       .replace("{stats!r}", repr(str(root / "norm_stats.json"))))
-    env = {k: v for k, v in os.environ.items() if k != "SHALLOW_PI_VERBOSE"}
+    # A user's shell: no verbosity asked for, and no TF log level left behind by the jax this pytest
+    # process imported first (jax sets TF_CPP_MIN_LOG_LEVEL=1; the trainer's own default is 2).
+    env = {k: v for k, v in os.environ.items() if k not in ("SHALLOW_PI_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
     env.update(XLA_FLAGS="", JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     setup = {"root": root, "config": str(config), "env": env, "procs": []}
