@@ -23,12 +23,11 @@ they mean in gemma.py):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from shallow_pi_jax.models import masks
 from shallow_pi_jax.models.config import ModelConfig
@@ -234,11 +233,6 @@ class CameraSkippingPi0(Pi0):
                 b = obs["images"][cam].shape[0]
                 parts.append(jnp.zeros((b, c.tokens_per_image, c.llm.width), jnp.dtype(c.dtype)))
         return jnp.concatenate(parts, axis=1)
-
-
-def active_cameras(cfg: ModelConfig, image_masks: Mapping[str, Any]) -> tuple[str, ...]:
-    """Cameras whose mask is true for at least one example of the batch (host-side, static)."""
-    return tuple(cam for cam in cfg.image_keys if bool(np.any(np.asarray(image_masks[cam]))))
 
 
 class CompactPi0(Pi0):

@@ -77,6 +77,11 @@ def used_prompt_len(prompt_mask) -> int:
     return int(valid[-1]) + 1 if valid.size else 0
 
 
+def active_cameras(cfg: ModelConfig, image_masks: Mapping[str, Any]) -> tuple[str, ...]:
+    """Cameras whose mask is true for at least one example of the batch (host-side, static)."""
+    return tuple(cam for cam in cfg.image_keys if bool(np.any(np.asarray(image_masks[cam]))))
+
+
 def prefix_plan(cfg: ModelConfig, image_masks: Mapping[str, Any], prompt_mask,
                 buckets: Sequence[int] = PROMPT_BUCKETS) -> PrefixPlan:
     """The smallest exact plan for this batch: the cameras valid for at least one example, and the
@@ -84,7 +89,7 @@ def prefix_plan(cfg: ModelConfig, image_masks: Mapping[str, Any], prompt_mask,
     for cam in cfg.image_keys:
         if cam not in image_masks:
             raise ValueError(f"observation.image_masks is missing camera '{cam}'")
-    cameras = tuple(cam for cam in cfg.image_keys if bool(np.any(np.asarray(image_masks[cam]))))
+    cameras = active_cameras(cfg, image_masks)
     mask = np.asarray(prompt_mask, bool)
     if mask.ndim != 2 or mask.shape[1] != cfg.max_token_len:
         raise ValueError(f"observation.tokenized_prompt_mask: expected [batch, {cfg.max_token_len}], "

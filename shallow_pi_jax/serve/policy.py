@@ -37,8 +37,8 @@ from shallow_pi_jax.data import transforms as data_transforms
 from shallow_pi_jax.data.config import DataConfig, DatasetSpec
 from shallow_pi_jax.models.config import ModelConfig, is_pi05_tree
 from shallow_pi_jax.models.observation import dummy_observation, validate_observation
-from shallow_pi_jax.models.pi0 import CameraSkippingPi0, CompactPi0, active_cameras
-from shallow_pi_jax.models.prefix import PROMPT_BUCKETS, PrefixPlan, prefix_plan
+from shallow_pi_jax.models.pi0 import CameraSkippingPi0, CompactPi0
+from shallow_pi_jax.models.prefix import PROMPT_BUCKETS, PrefixPlan, active_cameras, prefix_plan
 from shallow_pi_jax.serve.presets import EnvPreset, get_preset
 from shallow_pi_jax.sim.demo_dataset import cached_demo_dataset
 
