@@ -20,7 +20,7 @@ import time
 import jax
 from tqdm import tqdm
 
-from shallow_pi_jax import fileio, verbosity
+from shallow_pi_jax import cli, fileio, verbosity
 from shallow_pi_jax.data.pipeline import make_dataset
 from shallow_pi_jax.training import build, sharding
 from shallow_pi_jax.training import config as train_config
@@ -246,11 +246,12 @@ def run(config, workdir, *, max_steps: int | None = None, progress: bool = True,
 
     if done == config.num_steps or max_steps is not None:
         params = state.ema_params if ema else state.params
-        export_student(params, workdir / "student", spec.student_cfg.to_dict(),
+        student_dir = workdir / cli.RUN_STUDENT  # where the commands look for a run's student
+        export_student(params, student_dir, spec.student_cfg.to_dict(),
                        spec.layer_map.to_dict() if spec.layer_map else None,
                        config.data.norm_stats_path, config.teacher.params or None)
         if is_main:
-            print(f"student written to {workdir / 'student'} (params/ in openpi layout, assets/, layer_map.json)")
+            print(f"student written to {student_dir} (params/ in openpi layout, assets/, layer_map.json)")
     return last, state
 
 
