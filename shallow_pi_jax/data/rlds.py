@@ -278,8 +278,8 @@ def _read_file(f, parse) -> tf.data.Dataset:
 
 def _tfrecord_frames(path: str, start: int):
     """(record index, byte offset, payload or None, file size) per record of a TFRecord file from record
-    `start` on, from its length fields alone; None where the file ends inside the record. No CRC check:
-    this only explains what TF's reader already rejected."""
+    `start` on, from its length fields alone; None where the file ends inside the record. No CRC check
+    (see _first_unreadable)."""
     with tf.io.gfile.GFile(path, "rb") as f:
         size = f.size()
         offset, i = 0, 0
@@ -293,6 +293,19 @@ def _tfrecord_frames(path: str, start: int):
             if i >= start:
                 yield i, offset, f.read(n), size
             offset, i = offset + 16 + n, i + 1
+
+
+def _first_unreadable(path: str, start: int) -> int | None:
+    """Index of the first record from `start` on that TF's own reader refuses (a length or data CRC
+    mismatch, or the file ending inside it); None when it reads them all. A record whose data has a
+    flipped bit may still decode as a tf.train.Example, so only the CRC tells corruption from a bad field."""
+    i = start
+    try:
+        for _ in tf.data.TFRecordDataset(path).skip(start):
+            i += 1
+    except tf.errors.DataLossError:
+        return i
+    return None
 
 
 def _field_problem(payload: bytes, spec: DatasetSpec, plan: FieldPlan) -> tuple[str, str] | None:
@@ -341,6 +354,7 @@ def explain_lost(spec: DatasetSpec, plan: FieldPlan, path: str, prefix: str, sta
     out = []
     where = f"dataset {spec.name!r}: file {path!r}"
     ids = [f"{prefix}__{j}" for j in range(start, stop)]
+    unreadable = _first_unreadable(path, start) if at_end else None
     for i, offset, payload, size in _tfrecord_frames(path, start):
         if i >= stop:
             break
@@ -349,14 +363,14 @@ def explain_lost(spec: DatasetSpec, plan: FieldPlan, path: str, prefix: str, sta
             message = (f"{where} is truncated: it ends ({size} bytes) inside record {i} (episode {ids[i - start]!r},"
                        f" from byte {offset}); {rest}")
             return out + [(e, "corrupt", message) for e in ids[i - start:]]
-        problem = _field_problem(payload, spec, plan)
+        problem = None if i == unreadable else _field_problem(payload, spec, plan)
         if problem is not None:
             file_path, text = problem
             label = f"{ids[i - start]} ({file_path})" if file_path else ids[i - start]
             out.append((ids[i - start], "shape", f"dataset {spec.name!r}, episode {label!r} (file {path!r}, "
                                                  f"record {i}): {text}"))
             continue
-        if at_end:  # intact framing, yet the reader stopped: a length or data CRC mismatch
+        if i == unreadable:  # intact framing, yet TF's reader refuses it: a length or data CRC mismatch
             message = (f"{where} is corrupt at record {i} (episode {ids[i - start]!r}, byte {offset}): it fails "
                        f"TFRecord's CRC check; {rest}")
             return out + [(e, "corrupt", message) for e in ids[i - start:]]

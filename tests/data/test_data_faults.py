@@ -85,10 +85,15 @@ def test_truncated_file_is_named_with_the_record_where_it_ends(clean, tmp_path):
         read_all(clean, data_dir)
 
 
-def test_flipped_bit_is_named_with_file_and_record(clean, tmp_path):
+@pytest.mark.parametrize("where", [
+    lambda record: 40,
+    # in a feature's name: the Example still decodes, with 'steps/action' missing, so only the CRC says why
+    lambda record: record.index(b"steps/action") + 11,
+], ids=["data", "field-name"])
+def test_flipped_bit_is_named_with_file_and_record(clean, tmp_path, where):
     data_dir, shard, records = damaged(clean, tmp_path)
     blob = bytearray(shard.read_bytes())
-    blob[offset_of(records, 2) + 12 + 40] ^= 0x04  # inside record 2's data: its data CRC no longer matches
+    blob[offset_of(records, 2) + 12 + where(records[2])] ^= 0x04  # in record 2's data: its data CRC fails
     shard.write_bytes(bytes(blob))
     with pytest.raises(ValueError, match=rf"file '{shard}' is corrupt at record 2 \(episode "
                                          rf"'eps-train.tfrecord-00000-of-00001__2', byte {offset_of(records, 2)}\): "
