@@ -10,7 +10,13 @@ Or explicitly:
     python -m shallow_pi_jax.compute_norm_stats --data-dir /data/rlds --dataset libero_10_no_noops \\
         --mapping libero --horizon 50 --out assets/libero/norm_stats.json
 
-`--mapping` is libero, droid, droid_velocity or a JSON file with a generic mapping
+A LeRobot dataset (openpi's physical-intelligence/libero; `--data-dir` holds <repo id>/meta/info.json,
+default LeRobot's cache ~/.cache/huggingface/lerobot):
+
+    python -m shallow_pi_jax.compute_norm_stats --format lerobot --dataset physical-intelligence/libero \
+        --mapping lerobot_libero --horizon 10 --out assets/physical-intelligence/libero/norm_stats.json
+
+`--mapping` is libero, lerobot_libero, droid, droid_velocity or a JSON file with a generic mapping
 ({"cameras": {...}, "state": [...], "actions": [...], "prompt": [...]}). Statistics are numpy's
 over all frames (state) and all rows of every action chunk (actions), as openpi computes them.
 """
@@ -45,10 +51,13 @@ def bool_mask(text: str) -> tuple[bool, ...]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="experiment config file[:arg] whose .data describes the datasets")
-    p.add_argument("--data-dir", help="tfds data_dir holding the RLDS dataset")
-    p.add_argument("--dataset", help="tfds dataset name (optionally name:version)")
-    p.add_argument("--mapping", default="libero", help="libero | droid | droid_velocity | mapping.json")
-    p.add_argument("--split", default="train", help="tfds split (default: train)")
+    p.add_argument("--data-dir", help="tfds data_dir holding the RLDS dataset (lerobot: the folder holding "
+                                      "<repo id>/, or the dataset root; default LeRobot's cache)")
+    p.add_argument("--dataset", help="tfds dataset name (optionally name:version), or a LeRobot repo id")
+    p.add_argument("--format", default="rlds", choices=("rlds", "lerobot"), help="dataset format (default rlds)")
+    p.add_argument("--mapping", default="libero",
+                   help="libero | lerobot_libero | droid | droid_velocity | mapping.json")
+    p.add_argument("--split", default="train", help="tfds split, or a split of meta/info.json (default: train)")
     p.add_argument("--out", help="output norm_stats.json (or folder); required without --config")
     p.add_argument("--horizon", type=int, default=50, help="action chunk length (default 50, openpi's pi0)")
     p.add_argument("--action-dim", type=int, default=32, help="largest allowed state/action dim (default 32)")
@@ -59,8 +68,9 @@ def parse_args(argv=None):
                    help="skip (and count) empty or NaN episodes instead of failing")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = cli.parse(p, argv)
-    if args.config is None and (args.data_dir is None or args.dataset is None or args.out is None):
-        p.error("give either --config or all of --data-dir, --dataset and --out")
+    needs_dir = args.format == "rlds"  # a LeRobot dataset defaults to LeRobot's cache
+    if args.config is None and ((needs_dir and args.data_dir is None) or args.dataset is None or args.out is None):
+        p.error("give either --config or all of --data-dir (rlds), --dataset and --out")
     if args.max_frames is not None and args.max_frames <= 0:
         p.error(f"--max-frames: expected a positive int, got {args.max_frames}")
     return args
@@ -78,7 +88,8 @@ def jobs(args) -> list[tuple[DataConfig, tuple[DatasetSpec, ...], str]]:
                 mapping = json.loads(path.read_text())
             except json.JSONDecodeError as e:
                 raise ValueError(f"--mapping: {path} is not valid JSON ({e})") from None
-        spec = DatasetSpec(name=args.dataset, data_dir=args.data_dir, mapping=mapping, split=args.split)
+        spec = DatasetSpec(name=args.dataset, data_dir=args.data_dir, mapping=mapping, split=args.split,
+                           format=args.format)
         cfg = DataConfig(datasets=(spec,), horizon=args.horizon, action_dim=args.action_dim,
                          delta_action_mask=args.delta_action_mask, skip_bad_episodes=args.skip_bad_episodes,
                          process_index=0, process_count=1)

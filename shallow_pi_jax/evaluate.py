@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from shallow_pi_jax import cli, fileio
-from shallow_pi_jax.checkpoint import policy_dir
+from shallow_pi_jax.checkpoint import policy_dir, policy_record
 from shallow_pi_jax.data import norm_stats as ns
 from shallow_pi_jax.data import transforms as data_transforms
 from shallow_pi_jax.data.pipeline import make_dataset
@@ -77,6 +77,9 @@ def main(argv=None) -> int:
             if getattr(teacher.config, field) != getattr(s_cfg, field):
                 raise ValueError(f"teacher.{field}: {getattr(teacher.config, field)} differs from the student's "
                                  f"{getattr(s_cfg, field)}; they must read the same inputs")
+        # Both are fed the student's batches: the teacher must see the world as the student's record says.
+        policy_record.check_same(student.record, f"the student's record ({student.root})", teacher.record,
+                                 f"the teacher's ({teacher.record.source or teacher.root})")
     data_cfg, stats_path, dataset, data_dir = eval_data_config(args, student, preset)
 
     out_tf = data_transforms.make_output_transform(data_cfg)

@@ -17,8 +17,9 @@ observation and the result is compared with PyTorch's sample_actions (same noise
 --tol (default 1e-4) is an error. The graphs are written and checked in a hidden temporary
 directory and moved into place only when they pass. See docs/export.md for the layouts.
 
-Prefix: by default the graph reads only --cameras (default: all of the model's; LIBERO needs
-base_0_rgb,left_wrist_0_rgb) and its prompt axis is dynamic: the runners cut each batch's prompt to
+Prefix: by default the graph reads only --cameras (default: those the source's policy_record.json
+has the robot send, e.g. LIBERO's base_0_rgb,left_wrist_0_rgb; all of the model's without a record;
+leaving out one the record names is an error) and its prompt axis is dynamic: the runners cut each batch's prompt to
 the smallest of the 32/64/128/max buckets that holds its longest prompt (exact: padding is never
 attended). --full-prefix exports openpi's prefix (every camera, the whole padded prompt) instead.
 """
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 
 from shallow_pi_jax import cli
-from shallow_pi_jax.checkpoint import policy_dir
+from shallow_pi_jax.checkpoint import policy_dir, policy_record
 from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
 from shallow_pi_jax.export.convert import convert_params
 from shallow_pi_jax.export.onnx_export import example_observation, export_onnx
@@ -86,6 +87,27 @@ def load_model(args) -> Pi0Torch:
     return load_state(Pi0Torch(cfg), tensors, str(pd.params_dir)).eval().requires_grad_(False)
 
 
+def source_record(args) -> policy_record.PolicyRecord | None:
+    """The source's policy_record.json (an export_torch directory keeps its checkpoint's); None if it has none."""
+    src = pathlib.Path(args.source).expanduser()
+    if (src / TORCH_WEIGHTS).is_file():
+        return policy_record.read(src)
+    return policy_dir.read(cli.policy_path(src), verify=False).record  # load_model has verified it
+
+
+def graph_cameras(cameras, record: policy_record.PolicyRecord | None, full_prefix: bool):
+    """--cameras, by default the cameras the record has the robot send; one the robot sends left out is an error."""
+    if record is None or full_prefix:
+        return cameras
+    if cameras is None:
+        return record.present_cameras if record.masked_cameras else None
+    left_out = [c for c in record.present_cameras if c not in cameras]
+    if left_out:
+        raise cli.UsageError(f"--cameras: the policy record has the robot send {list(record.present_cameras)}, "
+                             f"--cameras {list(cameras)} leaves out {left_out}")
+    return cameras
+
+
 def verify(model, files, batch: int, num_steps: int, tol: float, cameras=None) -> float:
     obs = example_observation(model, batch, seed=1)
     c = model.config
@@ -113,6 +135,7 @@ def main(argv=None):
     cameras = None if args.cameras is None else tuple(k.strip() for k in args.cameras.split(",") if k.strip())
     if cameras is not None and args.full_prefix:
         raise cli.UsageError("--cameras: a --full-prefix graph reads every camera; pass one of the two")
+    cameras = graph_cameras(cameras, source_record(args), args.full_prefix)
     prefix = ("openpi's full prefix" if args.full_prefix
               else f"compacted prefix, cameras {list(cameras or c.image_keys)}")
     print(f"{'π0.5' if c.pi05 else 'π0'} depth {c.depth}: exporting {args.mode} graph(s), {args.num_steps} steps, "

@@ -9,6 +9,7 @@ Writes, all or nothing (built in a hidden sibling directory, renamed at the end)
   DIR/config.json         every size, π0/π0.5, action dim/horizon, layer map (if the checkpoint has
                           one), precision, and the float32 constants of the JAX model
   DIR/assets/             the checkpoint's assets/ (norm_stats.json per asset id), when present
+  DIR/policy_record.json  the checkpoint's: how the policy sees the world (cameras, prompt, actions)
 
 --params (or --checkpoint) takes any policy directory: a training run's --workdir (its student/),
 a student directory (trainer or make_student), an openpi checkpoint CKPT, or its params/.
@@ -32,7 +33,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from shallow_pi_jax import cli, fileio
-from shallow_pi_jax.checkpoint import policy_dir
+from shallow_pi_jax.checkpoint import policy_dir, policy_record
 from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
 from shallow_pi_jax.export.convert import convert_params
 from shallow_pi_jax.export.export_config import (
@@ -175,6 +176,8 @@ def main(argv=None):
         fileio.write_json(tmp / "config.json", make_export_config(cfg, constants, args.dtype, lmap, source))
         if assets.is_dir():
             shutil.copytree(assets, tmp / "assets")
+        if pd.record is not None:  # the deployed policy must be fed as the JAX one was
+            policy_record.write(tmp, pd.record)
         if not args.no_verify:
             load_pretrained(tmp)  # strict: keys, shapes, tie
     n = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

@@ -2,6 +2,11 @@
 
 Everything is written to a hidden temporary sibling first and renamed into place, which is atomic
 on one filesystem; on any error the temporary is removed and the destination is untouched.
+
+Reads go through `source(path)`, so a checkpoint, norm stats, tokenizer or LeRobot dataset may also
+live on a remote filesystem (gs://, s3://, az://, hf://) as with openpi: through etils.epath, the layer
+orbax itself reads through (TF's gfile when TensorFlow is installed, else fsspec: gcsfs for gs://).
+Nothing is downloaded to a cache; every read goes to the filesystem.
 """
 from __future__ import annotations
 
@@ -13,6 +18,42 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from typing import Any
+
+from etils import epath
+
+# The URI schemes etils.epath reads; any other "<scheme>://" would silently become a local relative path.
+REMOTE_SCHEMES = ("gs", "s3", "az", "hf")
+
+
+def is_remote(path) -> bool:
+    return "://" in os.fspath(path)
+
+
+def source(path) -> pathlib.Path | epath.Path:
+    """A path to read: local → pathlib.Path (~ expanded); a remote URI (gs://bucket/dir) → epath.Path.
+    Both have the pathlib API (exists, is_file, read_bytes, open, /, rglob), so a reader needs no branch."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        return pathlib.Path(path).expanduser()
+    scheme = path.split("://", 1)[0]
+    if scheme not in REMOTE_SCHEMES:
+        raise ValueError(f"{path}: unsupported filesystem {scheme + '://'!r} (expected a local path or one of "
+                         f"{', '.join(s + '://' for s in REMOTE_SCHEMES)})")
+    return epath.Path(path)
+
+
+def size(path) -> int:
+    """Bytes in a file, local or remote (epath's stat has `length` where os.stat has `st_size`)."""
+    p = source(path)
+    return p.stat().st_size if isinstance(p, pathlib.Path) else p.stat().length
+
+
+def files_under(path) -> list:
+    """Every file below a directory, local or remote (epath has no recursive glob), sorted."""
+    found = []
+    for p in source(path).iterdir():
+        found += files_under(p) if p.is_dir() else [p]
+    return sorted(found)
 
 
 def write_bytes(path, data: bytes) -> pathlib.Path:
@@ -37,6 +78,14 @@ def write_text(path, text: str) -> pathlib.Path:
 
 def write_json(path, obj: Any, **kwargs) -> pathlib.Path:
     return write_text(path, json.dumps(obj, indent=1, **kwargs) + "\n")
+
+
+def read_json(path) -> Any:
+    """A JSON file's value (pathlib or etils.epath path); a ValueError naming the file if it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: truncated or corrupt (not valid JSON: {e})") from None
 
 
 def replace_dir(tmp: pathlib.Path, dst: pathlib.Path) -> None:

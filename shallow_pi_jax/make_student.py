@@ -10,15 +10,19 @@ Writes, all or nothing (built in a hidden sibling directory and renamed at the e
   DIR/layer_map.json   teacher/student depth, teacher layer indices, strategy, teacher path and sha256
   DIR/model_config.json  the teacher's model_config.json at the student's depth, when the teacher has one
   DIR/assets/          a copy of the teacher's assets/ (norm stats), when the teacher has one
+  DIR/policy_record.json  how the policy sees the world: the teacher's (or --openpi-config's), when known
   DIR/checksums.json   sha256 and size of every file above (checked by every reader)
 
 The same teacher layers initialise the Gemma backbone and the action expert; everything outside
-the layer stacks is copied. The teacher is read leaf by leaf, so peak memory stays near the size
-of the student (see docs/students.md).
+the layer stacks is copied. A LoRA fine-tuned teacher (openpi's `*_lora` variants) gives the
+student of its merged weights: each LoRA pair is merged into its weight as it is read
+(checkpoint/lora.py), and the student has no LoRA leaves. The teacher is read leaf by leaf, so peak
+memory stays near the size of the student (see docs/students.md).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import shutil
 import sys
@@ -29,8 +33,9 @@ import numpy as np
 from tqdm import tqdm
 
 from shallow_pi_jax import cli, fileio
-from shallow_pi_jax.checkpoint import openpi_params, policy_dir
+from shallow_pi_jax.checkpoint import openpi_params, policy_dir, policy_record
 from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
+from shallow_pi_jax.models.config import is_pi05_tree
 from shallow_pi_jax.training import layer_map as layer_maps
 from shallow_pi_jax.training import student_init
 
@@ -57,6 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--compress", action="store_true",
                     help="zstd-compress the student's chunks like openpi's own saves (smaller files, "
                          "but the save then holds about one extra copy of the student in memory)")
+    ap.add_argument("--openpi-config", default=None, choices=sorted(policy_record.OPENPI),
+                    help="the openpi config an openpi teacher (no policy_record.json) was trained with: written "
+                         "as the student's policy_record.json. A teacher's own record is copied; against it a "
+                         "difference is an error")
     ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     ap.add_argument("--no-checksums", action="store_true",
                     help="skip checking the checkpoint's files against its checksums.json (faster on huge checkpoints)")
@@ -71,8 +80,27 @@ def build_layer_map(args, depth: int) -> layer_maps.LayerMap:
     return layer_maps.make_layer_map(depth, args.depth, args.strategy, layers)
 
 
+def student_record(teacher: policy_dir.PolicyDir, openpi_config: str | None) -> policy_record.PolicyRecord | None:
+    """How the student sees the world: as its teacher (layers do not change a policy's inputs and outputs)."""
+    record = teacher.record
+    if openpi_config:
+        named = policy_record.openpi(openpi_config)
+        if record is not None:
+            policy_record.check_same(record, str(teacher.root / policy_dir.RECORD), named,
+                                     f"--openpi-config {openpi_config}")
+        record = named
+    if record is None:
+        return None
+    pi05 = is_pi05_tree(teacher.shapes)
+    if record.pi05 != pi05:
+        raise ValueError(f"pi05: {record.source or 'the policy record'} says {record.pi05}, the teacher's params "
+                         f"({teacher.params_dir}) are {'π0.5' if pi05 else 'π0'}")
+    return dataclasses.replace(record, source=f"teacher {teacher.root} ({record.source})")
+
+
 def make_student(args) -> pathlib.Path:
     teacher = policy_dir.read(cli.policy_path(args.teacher), verify=not args.no_checksums)
+    seen = student_record(teacher, args.openpi_config)
     teacher_dir = teacher.params_dir
     reader = ParamsReader(teacher_dir, verify=not args.no_checksums)
     depth = student_init.stack_depth({p: tuple(s.shape) for p, s in reader.shapes.items()})
@@ -87,6 +115,8 @@ def make_student(args) -> pathlib.Path:
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     say(f"teacher {teacher_dir}: {depth} layers -> student {lmap.student_depth} layers "
         f"{list(lmap.indices)} ({lmap.strategy})")
+    if reader.lora:
+        say(f"teacher is LoRA fine-tuned: {len(reader.lora)} LoRA pairs merged into the student's weights")
 
     with fileio.atomic_dir(out, overwrite=True) as tmp:
         with tqdm(total=openpi_params.directory_size(teacher_dir), unit="B", unit_scale=True,
@@ -122,10 +152,13 @@ def make_student(args) -> pathlib.Path:
             "dtype": args.dtype,
             "teacher_params": n_teacher,
             "student_params": n_student,
-            "applies_to": ["PaliGemma/llm/layers/* (Gemma backbone and action expert, LoRA included)"],
+            "applies_to": ["PaliGemma/llm/layers/* (Gemma backbone and action expert)"],
+            "teacher_lora_pairs_merged": len(reader.lora),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         fileio.write_json(tmp / policy_dir.LAYER_MAP, record)
+        if seen is not None:
+            policy_record.write(tmp, seen)
         policy_dir.write_checksums(tmp)  # last: it covers every file above
     # Always printed, --quiet or not: it is where the output went (pipelines read it).
     print(f"student written to {out}: {n_student / 1e6:.1f}M params (teacher {n_teacher / 1e6:.1f}M)")

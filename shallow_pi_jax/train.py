@@ -73,6 +73,9 @@ def _quiet_closed_loop(default):
 
 def run(config, workdir, *, max_steps: int | None = None, progress: bool = True, force: bool = False):
     """Resolve the embedded default's placeholders, then train (see training.loop.run)."""
+    # Checked before the placeholders are resolved too: resolving may build the demo data and train a demo
+    # teacher (minutes), which a config that cannot run must not wait for.
+    train_config.validate(config)
     return loop.run(demo.resolve(config), workdir, max_steps=max_steps, progress=progress, force=force)
 
 

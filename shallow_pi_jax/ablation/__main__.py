@@ -11,10 +11,12 @@ results/<run>.json (one per arm/seed; a finished one is never redone), results.j
     python -m shallow_pi_jax.ablation --out runs/ablation --teacher shallow_pi_jax/assets/demo_teacher \
         --arms task_only,kd,full --depths 6,4,9 --steps 200 --seeds 0,1 --episodes 200
     python -m shallow_pi_jax.ablation --out runs/ablation --report-only       # re-make the table and chart
+    python -m shallow_pi_jax.ablation --evaluate /tmp/shallow_pi_demo --out /tmp/eval_demo   # one policy, same protocol
 
 Re-running the same command resumes. Extra `--config.x.y=value` arguments override every student's
 training config (e.g. --config.batch_size=32). Arms: task_only, kd, full, attn_initial, attn_late,
-attn_all, scratch, untrained (uniform-map init, no training), first (first-L-layers init).
+attn_all, scratch, untrained (uniform map, no training), first (first L layers of both stacks),
+published (backbone first L, expert uniform: the published reference code's map).
 """
 from __future__ import annotations
 
@@ -61,6 +63,10 @@ def parse(argv):
     p.add_argument("--keep-checkpoints", action="store_true", help="keep training checkpoints (default: delete "
                    "them once a student is exported and evaluated)")
     p.add_argument("--report-only", action="store_true", help="only rebuild results.{json,md,png} from results/")
+    p.add_argument("--evaluate", metavar="DIR", default=None,
+                   help="only evaluate this policy directory (a training run, a student directory) closed loop with "
+                        "the ablation's protocol (--episodes, --eval-seed, --replan-every, --num-envs, 10 Euler "
+                        "steps) and write OUT/closed_loop.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     cli.add_verbose(p)
     args, rest = p.parse_known_args(argv)
@@ -95,6 +101,17 @@ def build_config(args, overrides) -> ablation.AblationConfig:
 
 def main(argv=None) -> int:
     args, overrides = parse(sys.argv[1:] if argv is None else argv)
+    if args.evaluate:
+        cfg = build_config(args, overrides)
+        r = ablation.evaluate_policy_dir(cfg, cli.policy_path(args.evaluate), print)
+        pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
+        ablation.write_json(pathlib.Path(args.out) / "closed_loop.json", r)
+        print(f"closed loop: {100 * r['success_rate']:.1f} % success ({r['successes']}/{r['episodes']} episodes, "
+              f"reset seeds {cfg.eval_seed}–{cfg.eval_seed + cfg.episodes - 1}; 95 % CI "
+              f"{100 * r['ci95'][0]:.1f}–{100 * r['ci95'][1]:.1f}), wrong goal {100 * r['wrong_object']:.1f} %, "
+              f"timeouts {100 * r['timeouts']:.1f} %")
+        print(f"wrote {args.out}/closed_loop.json")
+        return 0
     if args.report_only:
         obj = report.report(args.out)
     else:

@@ -50,21 +50,26 @@ def write_json(path: pathlib.Path, obj) -> None:
     fileio.write_json(path, obj, sort_keys=True)
 
 
-# arm name → (config arg of train_config.distill_config, what it tests)
+# arm name → (config arg of train_config.distill_config, what it tests). "uniform" is the paper's map,
+# round(linspace(0, L_t − 1, L_s)) for both stacks ([0, 3, 7, 10, 14, 17] at 18 → 6).
 ARMS = {
-    "task_only": ("loss=task_only", "uniform init, task loss only"),
+    "task_only": ("loss=task_only", "uniform map, task loss only"),
     "kd": ("loss=kd", "+ velocity KD"),
     "full": ("loss=full", "+ velocity KD + attention KD (middle layer): the Shallow-π recipe"),
     "attn_initial": ("loss=full,attn_layer=initial", "full, attention KD at the initial layer"),
     "attn_late": ("loss=full,attn_layer=late", "full, attention KD at a late layer"),
     "attn_all": ("loss=full,attn_queries=all", "full, attention KD over all query tokens"),
     "scratch": ("init=scratch", "random init, task loss (trained from scratch)"),
-    "untrained": (None, "uniform-map init, no training"),
-    "first": ("loss=full,layer_map=first", "first-L-layers init (the published code's bug), full losses"),
+    "untrained": (None, "uniform map, no training"),
+    "first": ("loss=full,layer_map=first", "first L layers of both stacks, full losses"),
+    "published": ("loss=full,layer_map=first,expert_map=uniform",
+                  "backbone first L, expert uniform (the published code's map), full losses"),
 }
 DEFAULT_ARMS = tuple(ARMS)
 
-# Shallow-π paper, LIBERO average success (%) — DESIGN.md §3; None = no number reported for it.
+# Shallow-π (arXiv 2601.20262v1), LIBERO average success (%) of its loss-term ablation (task only;
+# + velocity KD; + attention KD) at L9/L6/L4, and its all-token attention ablation at L6. Second-hand:
+# transcribed from the project's notes on the paper, not re-read from its tables here (docs/ablation.md).
 PAPER = {
     9: {"task_only": 95.4, "kd": 96.2, "full": 96.8},
     6: {"task_only": 93.0, "kd": 93.9, "full": 94.6, "attn_all": 61.5},
@@ -199,7 +204,7 @@ def untrained_policy(teacher_dir: pathlib.Path, depth: int):
                              norm_stats_path=ckpt.norm_stats)
     return Policy(cfg, params, input_transform=transforms.make_input_transform(dc),
                   output_transform=transforms.make_output_transform(dc), num_steps=10,
-                  metadata={"layer_map": list(lmap.indices)})
+                  metadata={"layer_map": lmap.to_dict()})
 
 
 def _evaluate(cfg: AblationConfig, policy, label: str, log) -> dict:
@@ -208,6 +213,15 @@ def _evaluate(cfg: AblationConfig, policy, label: str, log) -> dict:
 
     r = evaluate(policy, cfg.eval_seeds, replan_every=cfg.replan_every, num_envs=cfg.num_envs, progress=progress)
     r["latency_ms"] = measure_latency(policy, cfg.latency_reps)
+    return r
+
+
+def evaluate_policy_dir(cfg: AblationConfig, path: pathlib.Path, log=print) -> dict:
+    """One trained policy (e.g. the main job's student) closed loop, exactly as the ablation evaluates its arms."""
+    policy = demo_policy(path)
+    r = _evaluate(cfg, policy, str(path), log)
+    r.update(policy=str(path), depth=policy.config.depth, layer_map=(policy.metadata or {}).get("layer_map"),
+             eval_seed=cfg.eval_seed)
     return r
 
 
@@ -291,7 +305,9 @@ def run(cfg: AblationConfig, log: Callable[[str], None] = print, progress: bool 
                 if not cfg.keep_checkpoints:
                     shutil.rmtree(wd / "checkpoints", ignore_errors=True)
             r = _evaluate(cfg, policy, label, log)
-            r.update(extra, arm=arm, depth=policy.config.depth, seed=seed, seconds_total=time.time() - t0)
+            # the maps the student really started from (both stacks), as its layer_map.json says
+            r.update(extra, arm=arm, depth=policy.config.depth, seed=seed, seconds_total=time.time() - t0,
+                     layer_map=(policy.metadata or {}).get("layer_map"))
             write_json(result_path(out, depth, arm, seed), r)
             log(f"{label}: success {r['success_rate']:.1%} (95% CI {r['ci95'][0]:.1%}–{r['ci95'][1]:.1%}), "
                 f"latency {r['latency_ms']['median']:.1f} ms")

@@ -3,13 +3,13 @@
     DIR/checksums.json   {"format": ..., "algorithm": "sha256",
                           "files": {"params/_METADATA": {"sha256": "…", "size": 558}, ...}}
 
-It covers everything under params/ and assets/ plus model_config.json and layer_map.json, and is
-written last (atomically), so a directory that has it was complete when it was sealed. orbax keeps
-CRCs only for its b-tree nodes: a flipped bit inside a chunk of weights loads without complaint,
-which is what this catches. A file the manifest lists that is missing, resized or changed, or a
-file under params/ it does not list, is a ValueError naming the file. Files elsewhere that it does
-not list (a tokenizer, norm stats added later) are not checked. openpi's checkpoints carry no
-manifest: then nothing is verified here (the finite check at load still runs).
+It covers everything under params/ and assets/ plus model_config.json, layer_map.json and
+policy_record.json, and is written last (atomically), so a directory that has it was complete when
+it was sealed. orbax keeps CRCs only for its b-tree nodes: a flipped bit inside a chunk of weights
+loads without complaint, which is what this catches. A file the manifest lists that is missing,
+resized or changed, or a file under params/ it does not list, is a ValueError naming the file.
+Files elsewhere that it does not list (a tokenizer, norm stats added later) are not checked.
+openpi's checkpoints carry no manifest: then nothing is verified here (the finite check at load still runs).
 
 Hashing reads files in 4 MiB blocks on a few threads (hashlib releases the GIL), never a whole file.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import json
 import os
 import pathlib
 
@@ -28,7 +27,7 @@ FORMAT = "shallow_pi_jax.checksums/1"
 # The parts of a policy directory the manifest covers (policy_dir's layout; named here so this
 # module needs nothing above it).
 COVERED_DIRS = ("params", "assets")
-COVERED_FILES = ("model_config.json", "layer_map.json")
+COVERED_FILES = ("model_config.json", "layer_map.json", "policy_record.json")
 # Under params/ the manifest is exhaustive: a file it does not list is an error.
 STRICT_DIR = "params"
 _BLOCK = 4 << 20
@@ -40,17 +39,15 @@ def covered_files(root: pathlib.Path) -> list[str]:
     found = [name for name in COVERED_FILES if (root / name).is_file()]
     for d in COVERED_DIRS:
         if (root / d).is_dir():
-            found += [p.relative_to(root).as_posix() for p in (root / d).rglob("*") if p.is_file()]
+            found += [p.relative_to(root).as_posix() for p in fileio.files_under(root / d)]
     return sorted(found)
 
 
 def file_sha256(path: pathlib.Path) -> str:
     h = hashlib.sha256()
-    buf = bytearray(_BLOCK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
+    with fileio.source(path).open("rb") as f:  # local or remote (gs://) alike
+        while block := f.read(_BLOCK):
+            h.update(block)
     return h.hexdigest()
 
 
@@ -73,13 +70,10 @@ def write_manifest(root) -> pathlib.Path:
 
 def read_manifest(root) -> dict[str, dict] | None:
     """{relative path: {"sha256", "size"}} from DIR/checksums.json; None when there is none."""
-    path = pathlib.Path(root) / MANIFEST
+    path = fileio.source(root) / MANIFEST
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: truncated or corrupt (not valid JSON: {e})") from None
+    data = fileio.read_json(path)
     files = data.get("files") if isinstance(data, dict) else None
     if (not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(files, dict)
             or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("size"), int)
@@ -97,7 +91,7 @@ def verify(root, *, hash_params: bool = True) -> bool:
     a missing, extra or truncated file and broken orbax metadata in milliseconds; the full check
     reads every byte. Raises one ValueError naming each bad file, expected and actual.
     """
-    root = pathlib.Path(root)
+    root = fileio.source(root)
     manifest = read_manifest(root)
     if manifest is None:
         return False
@@ -105,13 +99,13 @@ def verify(root, *, hash_params: bool = True) -> bool:
     on_disk = set(covered_files(root))
     for rel in sorted(on_disk - set(manifest)):
         if rel.startswith(STRICT_DIR + "/"):
-            problems.append(f"{rel}: not in the manifest (extra file, {(root / rel).stat().st_size} bytes)")
+            problems.append(f"{rel}: not in the manifest (extra file, {fileio.size(root / rel)} bytes)")
     to_hash = []
     for rel, want in sorted(manifest.items()):
         if rel not in on_disk:
             problems.append(f"{rel}: missing (expected {want['size']} bytes)")
             continue
-        size = (root / rel).stat().st_size
+        size = fileio.size(root / rel)
         if size != want["size"]:
             problems.append(f"{rel}: expected size {want['size']}, got {size} bytes")
         elif hash_params or not _is_tensor_data(rel):
@@ -134,7 +128,7 @@ def _is_tensor_data(rel: str) -> bool:
 
 def manifest_root(params_dir: pathlib.Path) -> pathlib.Path | None:
     """The policy directory holding `params_dir`'s manifest (its parent), None when it has none."""
-    params_dir = pathlib.Path(params_dir)
+    params_dir = fileio.source(params_dir)
     if params_dir.name == STRICT_DIR and (params_dir.parent / MANIFEST).is_file():
         return params_dir.parent
     return None

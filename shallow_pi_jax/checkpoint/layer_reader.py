@@ -6,6 +6,8 @@ layer; decoding a 2 GB chunk to keep 6 of its 18 layers would cost twice the lea
 leaves are decoded here as a byte stream (zstd or raw), keeping only the requested rows; tensorstore
 still opens every leaf, reads the small ones and anything stored another way, and provides the byte
 ranges. The kvstore API gives a value's bytes but not its size, hence the search in `_value_size`.
+A LoRA fine-tuned checkpoint is read as its merged tree: a weight with a LoRA pair comes back as
+w + dW (lora.py), for just the layers asked for, and the LoRA leaves are not listed.
 """
 from __future__ import annotations
 
@@ -13,15 +15,17 @@ import contextlib
 import io
 import itertools
 import json
+import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import jax
 import numpy as np
 import tensorstore as ts
 import zstandard
 
-from shallow_pi_jax.checkpoint import checksums
+from shallow_pi_jax import fileio
+from shallow_pi_jax.checkpoint import checksums, lora
 from shallow_pi_jax.checkpoint.openpi_params import (
     count_nonfinite,
     error_summary,
@@ -29,6 +33,8 @@ from shallow_pi_jax.checkpoint.openpi_params import (
     stored_metadata,
     strip_value_suffix,
 )
+
+log = logging.getLogger(__name__)
 
 
 class ParamsReader:
@@ -44,10 +50,14 @@ class ParamsReader:
     `verify`: when the directory around params/ has a checksums.json (policy directories this
     project writes; openpi's have none), every file is checked against it on opening.
     `check_finite`: every array `read` returns is checked for NaN/inf (ValueError naming the leaf).
+    `lora_alpha`: LoRA's alpha for a LoRA fine-tuned checkpoint (as openpi_params.restore_params;
+    None: openpi's variants). `paths` and `shapes` are then the merged tree's, and reading a
+    weight with a LoRA pair returns it merged.
     """
 
     def __init__(self, params_dir: str | os.PathLike, stream_min_bytes: int = 64 << 20, *,
-                 verify: bool = True, check_finite: bool = True):
+                 verify: bool = True, check_finite: bool = True,
+                 lora_alpha: float | Mapping[int, float] | None = None):
         self.directory = resolve_params_dir(params_dir)
         self.stream_min_bytes = stream_min_bytes
         self.check_finite = check_finite
@@ -56,7 +66,13 @@ class ParamsReader:
         stored = stored_metadata(self.directory)
         pure = strip_value_suffix(dict.fromkeys(stored))
         self._names = {p: m.name for p, m in zip(pure, stored.values())}
-        self.shapes = {p: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype) for p, m in zip(pure, stored.values())}
+        self._stored = {p: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype) for p, m in zip(pure, stored.values())}
+        self.lora = lora.find_pairs({p: s.shape for p, s in self._stored.items()})
+        self.lora_scales = {w: lora.scale_of(pair, lora_alpha) for w, pair in self.lora.items()}
+        hidden = {p for pair in self.lora.values() for p in (pair.a, pair.b)}
+        self.shapes = {p: s for p, s in self._stored.items() if p not in hidden}
+        if self.lora:
+            log.info("%s: %s", self.directory, lora.describe(self.lora, lora_alpha))
         meta_json = json.loads((self.directory / "_METADATA").read_text())
         self._driver = "zarr3" if meta_json.get("use_zarr3") else "zarr"
         self._ocdbt = (self.directory / "manifest.ocdbt").is_file()
@@ -65,13 +81,15 @@ class ParamsReader:
     def paths(self) -> list[str]:
         return list(self.shapes)
 
-    def _kvstore_spec(self, path: str) -> dict:
+    def _kvstore_spec(self, path: str) -> dict | str:
         if path not in self._names:
             raise ValueError(f"path: {path!r} is not a leaf of {self.directory}")
         name = self._names[path]
+        # tensorstore reads kvstore URLs: file:// here, gs:// or s3:// for a checkpoint in a bucket.
+        base = str(self.directory) if fileio.is_remote(self.directory) else f"file://{self.directory}"
         if self._ocdbt:
-            return {"driver": "ocdbt", "base": f"file://{self.directory}", "path": f"{name}/"}
-        return {"driver": "file", "path": f"{self.directory / name}/"}
+            return {"driver": "ocdbt", "base": base, "path": f"{name}/"}
+        return f"{base}/{name}/"
 
     def _open(self, path: str):
         kvstore = self._kvstore_spec(path)
@@ -124,10 +142,30 @@ class ParamsReader:
         return out
 
     def read(self, path: str, layers: Iterable[int] | None = None, dtype=None) -> np.ndarray:
-        """The leaf at `path` as numpy; with `layers`, only those indices of axis 0, in that order."""
+        """The leaf at `path` as numpy; with `layers`, only those indices of axis 0, in that order.
+
+        A weight with a LoRA pair is read with the pair's same layers and merged in float32, then
+        cast to `dtype` (default: the weight's stored dtype)."""
+        if path not in self.shapes:
+            what = "a LoRA leaf, merged into its weight on reading" if path in self._stored else "not a leaf"
+            raise ValueError(f"path: {path!r} is {what} of {self.directory}")
+        layers = None if layers is None else [int(i) for i in layers]
+        pair = self.lora.get(path)
+        if pair is None:
+            return self._read_stored(path, layers, dtype)
+        # float32 holds any stored float exactly, so the merge is rounded once, into the result.
+        w, a, b = (self._read_stored(p, layers, np.float32) for p in (path, pair.a, pair.b))
+        w = lora.merge_pair(w, a, b, pair, self.lora_scales[path], in_place=True)
+        want = self._stored[path].dtype if dtype is None else np.dtype(dtype)
+        if want == w.dtype:
+            return w
+        out = _aligned_empty(w.shape, want)
+        out[...] = w
+        return out
+
+    def _read_stored(self, path: str, layers: list[int] | None, dtype) -> np.ndarray:
         store = self._open(path)
         if layers is not None:
-            layers = [int(i) for i in layers]
             n = store.shape[0] if store.ndim else 0
             bad = [i for i in layers if not 0 <= i < n]
             if bad:
@@ -144,7 +182,7 @@ class ParamsReader:
             if str(e).startswith(f"{path}: "):  # ours (_read_exactly), already names the leaf
                 raise ValueError(f"{self.directory}: {e}") from e
             raise ValueError(f"{self.directory}: cannot read leaf {path!r}: {error_summary(e)}") from e
-        want = self.shapes[path].dtype if dtype is None else np.dtype(dtype)
+        want = self._stored[path].dtype if dtype is None else np.dtype(dtype)
         out = out if out.dtype == want else out.astype(want)
         if self.check_finite:
             bad = count_nonfinite({path: out})

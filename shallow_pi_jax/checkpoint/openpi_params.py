@@ -11,11 +11,16 @@ so every function sees and returns the pure dict, with paths like
     save_params(params, "out/params")              # openpi's restore_params reads it back
     reader = ParamsReader("pi05_base/params")      # one leaf (or a few layers of one) at a time
     q = reader.read("PaliGemma/llm/layers/attn/q_einsum/w", layers=[0, 3, 7])
+
+A checkpoint fine-tuned with LoRA (openpi's `*_lora` variants) is read as the plain tree it stands
+for: `params_shapes`, `restore_params` and `ParamsReader` merge each LoRA pair into its weight
+(lora.py) and show no LoRA leaves.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -29,7 +34,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from shallow_pi_jax import fileio
-from shallow_pi_jax.checkpoint import checksums
+from shallow_pi_jax.checkpoint import checksums, lora
+
+log = logging.getLogger(__name__)
 
 SEP = "/"
 _VALUE_KEY = "value"
@@ -85,8 +92,12 @@ def strip_value_suffix(flat: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- locating a checkpoint
 
 def resolve_params_dir(path: str | os.PathLike) -> pathlib.Path:
-    """Accept `<ckpt>/params` or `<ckpt>` itself; return the orbax directory holding `_METADATA`."""
-    p = pathlib.Path(path).expanduser().resolve()
+    """Accept `<ckpt>/params` or `<ckpt>` itself; return the orbax directory holding `_METADATA`.
+
+    A remote checkpoint (gs://bucket/ckpt) is read in place through fileio.source, as orbax reads it."""
+    p = fileio.source(path)
+    if not fileio.is_remote(p):
+        p = p.resolve()
     if (p / "_METADATA").is_file():
         return p
     if (p / "params" / "_METADATA").is_file():
@@ -134,12 +145,12 @@ def _check_metadata_files(params_dir: pathlib.Path) -> None:
     except FileNotFoundError:
         raise ValueError(f"{meta}: missing (incomplete checkpoint)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{meta}: truncated or corrupt ({meta.stat().st_size} bytes, not valid JSON: {e})") from None
+        raise ValueError(f"{meta}: truncated or corrupt ({fileio.size(meta)} bytes, not valid JSON: {e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("tree_metadata"), dict):
         raise ValueError(f"{meta}: not orbax tree metadata (expected a 'tree_metadata' object, got "
                          f"{sorted(data) if isinstance(data, dict) else type(data).__name__})")
     manifest = params_dir / "manifest.ocdbt"
-    if manifest.is_file() and manifest.stat().st_size == 0:
+    if manifest.is_file() and fileio.size(manifest) == 0:
         raise ValueError(f"{manifest}: empty (0 bytes; truncated or corrupt checkpoint)")
 
 
@@ -150,9 +161,15 @@ def error_summary(e: BaseException) -> str:
 
 
 def params_shapes(params_dir: str | os.PathLike) -> dict:
-    """Pure-dict tree of jax.ShapeDtypeStruct for a checkpoint, read from metadata only."""
+    """Pure-dict tree of jax.ShapeDtypeStruct for a checkpoint, read from metadata only.
+
+    LoRA leaves are checked against their weights and left out: the tree is the merged one that
+    restore_params returns (a weight keeps its shape and dtype when its pair is merged in)."""
     meta = strip_value_suffix(stored_metadata(resolve_params_dir(params_dir)))
-    return unflatten_params({p: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype) for p, m in meta.items()})
+    pairs = lora.find_pairs({p: tuple(m.shape) for p, m in meta.items()})
+    hidden = {p for pair in pairs.values() for p in (pair.a, pair.b)}
+    return unflatten_params({p: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype) for p, m in meta.items()
+                             if p not in hidden})
 
 
 # ----------------------------------------------------------------------------- restore / save
@@ -161,8 +178,9 @@ ShardingSpec = jax.sharding.Sharding | Mapping | Callable[[str, jax.ShapeDtypeSt
 
 
 def restore_params(params_dir: str | os.PathLike, dtype=None, sharding: ShardingSpec | None = None, *,
-                   verify: bool = True, check_finite: bool = True) -> dict:
-    """Read openpi params as a pure dict.
+                   verify: bool = True, check_finite: bool = True,
+                   lora_alpha: float | Mapping[int, float] | None = None) -> dict:
+    """Read openpi params as a pure dict, with any LoRA pairs merged into their weights.
 
     Args:
       params_dir: `<ckpt>/params` (or `<ckpt>`), an orbax checkpoint with item {"params": ...}.
@@ -174,19 +192,29 @@ def restore_params(params_dir: str | os.PathLike, dtype=None, sharding: Sharding
         project writes), check every file against it first (checksums.py; every host reads every
         byte). openpi's checkpoints have none: nothing to check then.
       check_finite: raise a ValueError naming the leaf if any restored value is NaN or inf.
+      lora_alpha: LoRA's alpha (one value, or {rank: alpha}); None: openpi's variants (alpha =
+        rank). Each weight w with a pair becomes w + dW in float32, cast back to w's dtype (the
+        one asked for, else the stored one); the LoRA leaves are read in float32 and dropped.
     """
     params_dir = resolve_params_dir(params_dir)
     if verify:
         checksums.verify_params_dir(params_dir)
     stored = stored_metadata(params_dir)
     pure_of = dict(zip(stored, strip_value_suffix(dict.fromkeys(stored)).keys()))
-    shardings = _leaf_shardings(sharding, {pure_of[p]: m for p, m in stored.items()}, dtype)
+    pure_meta = {pure_of[p]: m for p, m in stored.items()}
+    pairs = lora.find_pairs({p: tuple(m.shape) for p, m in pure_meta.items()})
+    lora_leaves = {p: pair.weight for pair in pairs.values() for p in (pair.a, pair.b)}
+    if pairs:  # an alpha missing for a rank is an error before anything is read
+        lora.describe(pairs, lora_alpha)
+    shardings = _leaf_shardings(sharding, pure_meta, dtype, lora_leaves)
 
     def args_for(path, meta):
+        # LoRA leaves are small; float32 keeps the merge exact whatever `dtype` asks of the weights.
+        leaf_dtype = np.float32 if pure_of[path] in lora_leaves else dtype
         if sharding is None:
-            return ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype)
+            return ocp.RestoreArgs(restore_type=np.ndarray, dtype=leaf_dtype)
         return ocp.ArrayRestoreArgs(restore_type=jax.Array, sharding=shardings[pure_of[path]],
-                                    global_shape=tuple(meta.shape), dtype=dtype)
+                                    global_shape=tuple(meta.shape), dtype=leaf_dtype)
 
     item = {"params": unflatten_params(stored)}
     restore_args = {"params": unflatten_params({p: args_for(p, m) for p, m in stored.items()})}
@@ -198,27 +226,49 @@ def restore_params(params_dir: str | os.PathLike, dtype=None, sharding: Sharding
     flat = strip_value_suffix(flatten_params(restored["params"]))
     if check_finite:
         assert_finite(flat, str(params_dir))
+    if pairs:
+        # The restored arrays are ours: numpy weights are merged in place, one layer at a time.
+        flat, _ = lora.merge_lora(flat, alpha=lora_alpha, in_place=True)
+        log.info("%s: %s", params_dir, lora.describe(pairs, lora_alpha))
     return unflatten_params(flat)
 
 
-def _leaf_shardings(sharding, meta: dict[str, Any], dtype) -> dict[str, jax.sharding.Sharding]:
+def _leaf_shardings(sharding, meta: dict[str, Any], dtype,
+                    lora_leaves: Mapping[str, str] | None = None) -> dict[str, jax.sharding.Sharding]:
+    """A sharding per stored leaf. `lora_leaves` ({LoRA leaf: its weight}) may be absent from a
+    pytree of shardings built for the plain model: they are then replicated on their weight's mesh."""
+    lora_leaves = lora_leaves or {}
     if sharding is None:
         return {}
     if isinstance(sharding, jax.sharding.Sharding):
         return dict.fromkeys(meta, sharding)
     if callable(sharding) and not isinstance(sharding, Mapping):
-        return {p: sharding(p, jax.ShapeDtypeStruct(tuple(m.shape), dtype or m.dtype)) for p, m in meta.items()}
+        leaf_dtype = {p: np.float32 if p in lora_leaves else dtype or m.dtype for p, m in meta.items()}
+        return {p: sharding(p, jax.ShapeDtypeStruct(tuple(m.shape), leaf_dtype[p])) for p, m in meta.items()}
     if isinstance(sharding, Mapping):
         flat = flatten_params(sharding)
-        missing = sorted(set(meta) - set(flat))
+        missing = sorted(set(meta) - set(flat) - set(lora_leaves))
         if missing:
             raise ValueError(f"sharding: no sharding given for {len(missing)} leaves, e.g. {missing[:5]}")
-        bad = [p for p in meta if not isinstance(flat[p], jax.sharding.Sharding)]
+        bad = [p for p in meta if p in flat and not isinstance(flat[p], jax.sharding.Sharding)]
         if bad:
             raise ValueError(f"sharding: expected jax.sharding.Sharding leaves, got "
                              f"{type(flat[bad[0]]).__name__} at {bad[0]!r}")
-        return {p: flat[p] for p in meta}
+        out = {p: flat[p] for p in meta if p in flat}
+        for p in meta:
+            if p not in out:
+                out[p] = _replicated(out[lora_leaves[p]], p)
+        return out
     raise ValueError(f"sharding: expected a Sharding, a pytree of them or a callable, got {type(sharding).__name__}")
+
+
+def _replicated(sharding: jax.sharding.Sharding, path: str) -> jax.sharding.Sharding:
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    if sharding.is_fully_replicated:
+        return sharding
+    raise ValueError(f"sharding: no sharding given for the LoRA leaf {path!r}, and its weight's "
+                     f"{type(sharding).__name__} has no mesh to replicate it on; give one")
 
 
 def save_params(params: Mapping, params_dir: str | os.PathLike, *, overwrite: bool = False,
@@ -363,7 +413,7 @@ def checkpoint_digest(params_dir: str | os.PathLike, progress: Callable[[int], A
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = f.relative_to(root).as_posix()
         h.update(f"{rel}\0{f.stat().st_size}\0".encode())
-        with open(f, "rb") as fh:
+        with f.open("rb") as fh:
             while chunk := fh.read(1 << 22):
                 h.update(chunk)
                 if progress is not None:

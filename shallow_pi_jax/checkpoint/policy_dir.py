@@ -5,6 +5,8 @@
                              prompt length, cameras). Ours; openpi's checkpoints have none.
     DIR/layer_map.json       students only: teacher/student depth, teacher layer indices, strategy, teacher
     DIR/assets/norm_stats.json             ours, or openpi's assets/<asset_id>/norm_stats.json
+    DIR/policy_record.json   how the policy sees the world (policy_record.py): cameras, state in the prompt,
+                             horizon, dims, delta mask, norm type. Ours; openpi's checkpoints have none.
     DIR/checksums.json       ours: sha256 and size of every file above, written last (checksums.py)
 
 `read(path)` accepts DIR or DIR/params, for ours and openpi's alike. Where there is no
@@ -27,7 +29,7 @@ from typing import Any
 import jax
 
 from shallow_pi_jax import fileio
-from shallow_pi_jax.checkpoint import checksums, openpi_params
+from shallow_pi_jax.checkpoint import checksums, openpi_params, policy_record
 from shallow_pi_jax.models.config import (
     ModelConfig,
     default_max_token_len,
@@ -42,6 +44,7 @@ LAYER_MAP = "layer_map.json"
 ASSETS = "assets"
 NORM_STATS = "norm_stats.json"
 CHECKSUMS = checksums.MANIFEST
+RECORD = policy_record.FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +53,7 @@ class PolicyDir:
     params_dir: pathlib.Path
     config: ModelConfig | None  # from model_config.json; None for openpi's checkpoints
     layer_map: dict | None
+    record: policy_record.PolicyRecord | None = None  # None for openpi's checkpoints
 
     @functools.cached_property
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -107,7 +111,7 @@ def read(path, *, verify: bool = True) -> PolicyDir:
     cfg_file, lm_file = root / MODEL_CONFIG, root / LAYER_MAP
     config = ModelConfig.from_dict(_read_json(cfg_file)) if cfg_file.is_file() else None
     layer_map = _read_json(lm_file) if lm_file.is_file() else None
-    return PolicyDir(root, params_dir, config, layer_map)
+    return PolicyDir(root, params_dir, config, layer_map, policy_record.read(root))
 
 
 def _read_json(path: pathlib.Path) -> Any:
@@ -118,25 +122,34 @@ def _read_json(path: pathlib.Path) -> Any:
 
 
 def write(out_dir, params, model_config: ModelConfig, *, layer_map: dict | None = None,
-          norm_stats: str | pathlib.Path | None = None, check_finite: bool = True) -> pathlib.Path:
-    """Write params (openpi layout), model_config.json, layer_map.json, assets/norm_stats.json and,
-    last, checksums.json over all of them.
+          norm_stats: str | pathlib.Path | None = None, check_finite: bool = True,
+          record: policy_record.PolicyRecord | None = None) -> pathlib.Path:
+    """Write params (openpi layout), model_config.json, layer_map.json, policy_record.json,
+    assets/norm_stats.json and, last, checksums.json over all of them.
 
     `check_finite`: refuse (ValueError naming the leaves) to write params holding NaN or inf.
     Multi-host: every process takes part in the params save; process 0 writes the small files."""
     out_dir = pathlib.Path(out_dir)
     if check_finite:
         openpi_params.assert_finite(params, f"params to write to {out_dir}")
+    if record is not None:
+        _check_record(record, model_config, f"the policy record to write to {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         # The old manifest would describe the old files while the new ones are written.
         (out_dir / CHECKSUMS).unlink(missing_ok=True)
-    openpi_params.save_params(jax.device_get(params), out_dir / PARAMS, overwrite=True)
+        (out_dir / RECORD).unlink(missing_ok=True)  # a stale record would describe another policy
+    # On several processes the arrays stay global: no process can fetch a sharded leaf whole (a multi-host
+    # slice), and orbax has every process write the shards it holds.
+    host = params if jax.process_count() > 1 else jax.device_get(params)
+    openpi_params.save_params(host, out_dir / PARAMS, overwrite=True)
     if jax.process_index() != 0:
         return out_dir
     fileio.write_json(out_dir / MODEL_CONFIG, model_config.to_dict())
     if layer_map is not None:
         fileio.write_json(out_dir / LAYER_MAP, layer_map)
+    if record is not None:
+        policy_record.write(out_dir, record)
     if norm_stats:
         src = pathlib.Path(norm_stats)
         src = src / NORM_STATS if src.is_dir() else src
@@ -144,6 +157,15 @@ def write(out_dir, params, model_config: ModelConfig, *, layer_map: dict | None 
         fileio.write_bytes(out_dir / ASSETS / NORM_STATS, src.read_bytes())
     checksums.write_manifest(out_dir)
     return out_dir
+
+
+def _check_record(record: policy_record.PolicyRecord, cfg: ModelConfig, where: str) -> None:
+    """The record and the model it describes must agree on everything both state."""
+    for name, model_value in (("pi05", cfg.pi05), ("cameras", tuple(cfg.image_keys)),
+                              ("max_token_len", cfg.max_token_len), ("action_horizon", cfg.action_horizon),
+                              ("action_dim", cfg.action_dim)):
+        if getattr(record, name) != model_value:
+            raise ValueError(f"{name}: {where} says {getattr(record, name)!r}, the model config says {model_value!r}")
 
 
 def write_checksums(root) -> pathlib.Path:
@@ -158,7 +180,7 @@ def move(src, dst) -> pathlib.Path:
     src, dst = pathlib.Path(src), pathlib.Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     sealed = (src / CHECKSUMS).is_file()
-    for name in (ASSETS, MODEL_CONFIG, LAYER_MAP, CHECKSUMS, PARAMS):
+    for name in (ASSETS, MODEL_CONFIG, LAYER_MAP, RECORD, CHECKSUMS, PARAMS):
         if (src / name).exists():
             (src / name).rename(dst / name)
     if not sealed and (dst / PARAMS).is_dir():

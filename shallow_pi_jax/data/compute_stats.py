@@ -1,4 +1,4 @@
-"""Norm stats of RLDS datasets, on the data training sees (see shallow_pi_jax.compute_norm_stats).
+"""Norm stats of RLDS and LeRobot datasets, on the data training sees (see shallow_pi_jax.compute_norm_stats).
 
 State: one row per frame. Actions: every row of every frame's action chunk (clamped at the episode
 end, after delta actions, after DROID's idle filter), exactly what openpi's compute_norm_stats feeds
@@ -11,8 +11,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from shallow_pi_jax.data import lerobot, rlds
 from shallow_pi_jax.data import norm_stats as _ns
-from shallow_pi_jax.data import rlds
 from shallow_pi_jax.data.config import DataConfig, DatasetSpec
 
 
@@ -23,12 +23,16 @@ def collect(cfg: DataConfig, specs: tuple[DatasetSpec, ...], max_frames: int | N
     states, chunks = [], []
     frames = 0
     for spec in specs:
-        ds = rlds.raw_chunks(spec, cfg, elog)
         total = None
-        try:
-            total = rlds.load_builder(spec).info.splits[spec.split].num_examples
-        except Exception:  # a split expression such as "train[:10%]": no total for the bar
-            pass
+        if spec.format == "lerobot":
+            ds = lerobot.raw_chunks(spec, cfg, elog)
+            total = lerobot.num_episodes(spec)
+        else:
+            ds = rlds.raw_chunks(spec, cfg, elog)
+            try:
+                total = rlds.load_builder(spec).info.splits[spec.split].num_examples
+            except Exception:  # a split expression such as "train[:10%]": no total for the bar
+                pass
         bar = tqdm(total=total, desc=f"norm stats {spec.name}", unit="episode", disable=not progress)
         it = ds.as_numpy_iterator()
         while max_frames is None or frames < max_frames:

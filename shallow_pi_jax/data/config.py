@@ -17,20 +17,25 @@ from typing import Any
 
 from shallow_pi_jax.data.mappings import OPENPI_CAMERAS, Mapping, resolve_mapping
 
+DATASET_FORMATS = ("rlds", "lerobot")
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-    name: str                      # tfds name (may include a version, "libero_10:1.0.0")
-    data_dir: str | None = None    # folder that holds <name>/<version>/
+    name: str                      # tfds name ("libero_10:1.0.0") or LeRobot repo id ("physical-intelligence/libero")
+    data_dir: str | None = None    # rlds: holds <name>/<version>/; lerobot: holds <name>/meta/info.json, or is the root
     mapping: Any = "libero"        # built-in name, dict, or Mapping
     weight: float = 1.0            # sampling weight in a mixture (normalised over datasets)
     split: str = "train"
     norm_stats: str | None = None  # overrides DataConfig.norm_stats_path for this dataset
     delta_action_mask: tuple[bool, ...] | None = None  # overrides DataConfig.delta_action_mask
+    format: str = "rlds"           # "rlds" (tensorflow-datasets) or "lerobot" (LeRobot v2.x parquet/mp4, lerobot.py)
 
     def __post_init__(self):
         if not self.name:
             raise ValueError("datasets[].name: expected a tfds dataset name, got an empty string")
+        if self.format not in DATASET_FORMATS:
+            raise ValueError(f"datasets[{self.name!r}].format: expected one of {DATASET_FORMATS}, got {self.format!r}")
         if not self.weight > 0:
             raise ValueError(f"datasets[{self.name!r}].weight: expected > 0, got {self.weight}")
         object.__setattr__(self, "mapping", resolve_mapping(self.mapping))
@@ -60,6 +65,11 @@ class DataConfig:
     cameras: tuple[str, ...] = OPENPI_CAMERAS
     process_index: int | None = None   # None → jax.process_index()
     process_count: int | None = None   # None → jax.process_count()
+    # Training reads num_streams independent streams (stream j: shard j of num_streams, its own shuffle and
+    # augmentation seeds), B / num_streams examples each per batch; a process builds only its own streams.
+    # The global batch then depends on num_streams, not on how the streams are spread over processes.
+    # None → one stream per process (the trainer: one per device).
+    num_streams: int | None = None
     num_parallel_calls: int = -1       # -1 = tf.data.AUTOTUNE
     prefetch: int = 2                  # batches
 
@@ -69,6 +79,8 @@ class DataConfig:
         for field in ("batch_size", "horizon", "action_dim", "image_size", "max_token_len", "shuffle_buffer"):
             if int(getattr(self, field)) <= 0:
                 raise ValueError(f"data.{field}: expected a positive int, got {getattr(self, field)}")
+        if self.num_streams is not None and not (isinstance(self.num_streams, int) and self.num_streams > 0):
+            raise ValueError(f"data.num_streams: expected a positive int or None, got {self.num_streams!r}")
         for spec in self.datasets:
             for cam in spec.mapping.camera_names:
                 if cam not in self.cameras:
@@ -101,6 +113,26 @@ class DataConfig:
         if not 0 <= index < count:
             raise ValueError(f"data.process_index: expected 0 <= index < process_count={count}, got {index}")
         return int(index), int(count)
+
+    def streams(self, ids=None) -> tuple[tuple[int, ...], int]:
+        """(the stream indices this process builds, in batch order; num_streams).
+
+        `ids` (the trainer's, from the device mesh) override the default: process i of n builds the
+        i-th contiguous block of num_streams / n streams."""
+        index, count = self.shard()
+        total = count if self.num_streams is None else int(self.num_streams)
+        if ids is None:
+            if total % count:
+                raise ValueError(f"data.num_streams: expected a multiple of the process count ({count}), got {total}")
+            per = total // count
+            ids = range(index * per, (index + 1) * per)
+        ids = tuple(int(j) for j in ids)
+        if not ids or len(set(ids)) != len(ids) or not all(0 <= j < total for j in ids):
+            raise ValueError(f"data streams of process {index}: expected distinct indices in [0, {total}), got {ids}")
+        if self.batch_size % len(ids):
+            raise ValueError(f"data.batch_size ({self.batch_size} per process): expected a multiple of the "
+                             f"{len(ids)} streams process {index} reads (data.num_streams={total})")
+        return ids, total
 
     @classmethod
     def from_any(cls, cfg) -> DataConfig:
@@ -154,13 +186,15 @@ def dataset_spec(item, i: int) -> DatasetSpec:
         hint = (" (write Python literals None/True/False, not JSON's null/true/false)"
                 if isinstance(item, str) else "")
         raise ValueError(f"{where}: expected a dict {{name, data_dir, mapping, weight, split, norm_stats, "
-                         f"delta_action_mask}}, got {item!r}{hint}; e.g. {DATASETS_FLAG_EXAMPLE}")
+                         f"delta_action_mask, format}}, got {item!r}{hint}; e.g. {DATASETS_FLAG_EXAMPLE}")
     item = dict(item)
     for key in item:
         if key not in _SPEC_FIELDS:
             raise ValueError(f"{where}.{key}: unknown field (expected one of {sorted(_SPEC_FIELDS)})")
     if not isinstance(item.get("name"), str) or not item["name"]:
-        raise ValueError(f"{where}.name: expected a tfds dataset name, got {item.get('name')!r}")
+        raise ValueError(f"{where}.name: expected a tfds dataset name, got {item.get('name')!r} (or a LeRobot repo id)")
+    if item.get("format", "rlds") not in DATASET_FORMATS:
+        raise ValueError(f"{where}.format: expected one of {DATASET_FORMATS}, got {item['format']!r}")
     for key in ("data_dir", "norm_stats"):
         if item.get(key) is not None and not isinstance(item[key], str):
             raise ValueError(f"{where}.{key}: expected a path (str) or None, got {item[key]!r}")

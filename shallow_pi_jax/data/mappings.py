@@ -1,9 +1,12 @@
-"""How the fields of an RLDS step become openpi's inputs (cameras, state, actions, prompt).
+"""How the fields of an RLDS step or a LeRobot frame become openpi's inputs (cameras, state, actions, prompt).
 
-A `Mapping` names step fields by their path below `steps/` ("observation/image"). Built-in
-mappings: "libero" (openvla / openpi LIBERO RLDS), "droid" (DROID RLDS, joint-position actions,
-like openpi's DROID loader), "droid_velocity" (joint-velocity actions). Any other Open-X-style
-dataset is declared in the config as a dict, e.g.
+A `Mapping` names RLDS step fields by their path below `steps/` ("observation/image"), and LeRobot
+features by their key in meta/info.json ("image", "observation.images.top"); for LeRobot the prompt
+"task" is the frame's task_index looked up in meta/tasks.jsonl (openpi's prompt_from_task). Built-in
+mappings: "libero" (openvla / openpi LIBERO RLDS), "lerobot_libero" (openpi's LeRobot
+physical-intelligence/libero, as its LiberoInputs reads it), "droid" (DROID RLDS, joint-position
+actions, like openpi's DROID loader), "droid_velocity" (joint-velocity actions). Any other
+Open-X-style dataset is declared in the config as a dict, e.g.
 
     mapping = {"cameras": {"base_0_rgb": "observation/image_0",
                            "left_wrist_0_rgb": "observation/wrist_image"},
@@ -133,7 +136,17 @@ DROID_VELOCITY = dataclasses.replace(
     DROID, actions=("action_dict/joint_velocity", "action_dict/gripper_position"), idle_mode="velocity"
 )
 
-BUILTIN = {"libero": LIBERO, "droid": DROID, "droid_velocity": DROID_VELOCITY}
+# openpi's LIBERO conversion (examples/libero/convert_libero_data_to_lerobot.py) names the features
+# image, wrist_image, state [8], actions [7]; the instruction is the frame's task.
+LEROBOT_LIBERO = Mapping(
+    cameras=(("base_0_rgb", ("image",)), ("left_wrist_0_rgb", ("wrist_image",))),
+    state=("state",),
+    actions=("actions",),
+    prompt=("task",),
+    action_dim=7,
+)
+
+BUILTIN = {"libero": LIBERO, "lerobot_libero": LEROBOT_LIBERO, "droid": DROID, "droid_velocity": DROID_VELOCITY}
 
 
 def resolve_mapping(mapping) -> Mapping:

@@ -98,7 +98,7 @@ def load(path: str | os.PathLike, *, model_dim: int | None = None, state_dim: in
     model_dim: the model's action_dim, to which states and actions are padded (DataConfig.action_dim);
     state_dim / action_dim: the data's own dims, when known. Each is checked when given.
     """
-    path = pathlib.Path(path)
+    path = fileio.source(path)
     if path.is_dir():
         path = path / FILE_NAME
     if not path.exists():

@@ -20,14 +20,15 @@ augmentation, keeping the last partial batch.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
 import numpy as np
 import tensorflow as tf
 
+from shallow_pi_jax.data import lerobot, rlds, tf_image
 from shallow_pi_jax.data import norm_stats as _ns
-from shallow_pi_jax.data import rlds, tf_image
 from shallow_pi_jax.data.config import DataConfig
 from shallow_pi_jax.data.tokenizer import PaligemmaTokenizer
 
@@ -43,10 +44,13 @@ def _hide_gpus_from_tf():
 
 
 def _frames(spec, cfg: DataConfig, train: bool, shard, elog: rlds.EpisodeLog, stats):
-    builder = rlds.load_builder(spec)
-    plan = rlds.plan_fields(spec, builder, cfg)
-    episodes = rlds.read_episodes(spec, cfg, plan, builder, train=train, shard=shard)
-    episodes = rlds.episode_arrays(spec, cfg, plan, episodes, elog)
+    if spec.format == "lerobot":  # parquet/mp4 episodes with the same per-episode contract as RLDS's
+        plan, episodes = lerobot.episodes(spec, cfg, train=train, shard=shard, elog=elog)
+    else:
+        builder = rlds.load_builder(spec)
+        plan = rlds.plan_fields(spec, builder, cfg)
+        episodes = rlds.read_episodes(spec, cfg, plan, builder, train=train, shard=shard)
+        episodes = rlds.episode_arrays(spec, cfg, plan, episodes, elog)
     frames = rlds.chunk_and_normalize(spec, cfg, plan, episodes, stats)
     if train:
         frames = frames.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
@@ -68,35 +72,39 @@ def _frames(spec, cfg: DataConfig, train: bool, shard, elog: rlds.EpisodeLog, st
     return frames.map(decode, num_parallel_calls=cfg.num_parallel_calls)
 
 
-def build_tf_dataset(cfg, train: bool = True) -> tuple[tf.data.Dataset, rlds.EpisodeLog]:
-    """The tf.data part (everything except tokenisation), batched; for inspection and benchmarks."""
-    cfg = DataConfig.from_any(cfg)
-    _hide_gpus_from_tf()
-    shard = cfg.shard()
-    elog = rlds.EpisodeLog()
-    streams = []
+# Stream j shuffles with seed + j * STREAM_SEED_STRIDE: distinct for every stream, also after a resume has
+# offset data.seed by its step count (below the stride); stream 0 keeps data.seed itself.
+STREAM_SEED_STRIDE = 1 << 20
+
+
+def _stream(cfg: DataConfig, train: bool, shard: tuple[int, int], elog: rlds.EpisodeLog) -> tf.data.Dataset:
+    """Examples of shard (index, count) of every dataset, mixed by weight; for training, augmented with
+    seeds keyed on (data.seed, index, example index, camera): the same wherever the stream is built."""
+    index = shard[0]
+    base_seed = cfg.seed
+    if train:
+        cfg = dataclasses.replace(cfg, seed=cfg.seed + STREAM_SEED_STRIDE * index)
+    parts = []
     for spec in cfg.datasets:
         path = cfg.norm_stats_for(spec)
         if path is None:
             raise ValueError(f"data.norm_stats_path: not set for dataset {spec.name!r}; compute it with "
                              "`python -m shallow_pi_jax.compute_norm_stats` and set data.norm_stats_path")
-        streams.append(_frames(spec, cfg, train, shard, elog, _ns.load(path)))
-    if len(streams) == 1:
-        ds = streams[0]
+        parts.append(_frames(spec, cfg, train, shard, elog, _ns.load(path)))
+    if len(parts) == 1:
+        ds = parts[0]
     else:
         weights = np.asarray([s.weight for s in cfg.datasets], np.float64)
-        ds = tf.data.Dataset.sample_from_datasets(streams, weights=(weights / weights.sum()).tolist(),
+        ds = tf.data.Dataset.sample_from_datasets(parts, weights=(weights / weights.sum()).tolist(),
                                                   seed=cfg.seed, stop_on_empty_dataset=False)
     augment = train and cfg.augment
-    process_index = shard[0]
 
     def finish(i, ex):
         images = {}
         for k, cam in enumerate(cfg.cameras):
             img = ex["images"][cam]
             if augment:
-                # Seed from (seed, process, example index, camera): reproducible, distinct per example.
-                seed = tf.constant([cfg.seed, process_index], tf.int64)
+                seed = tf.constant([base_seed, index], tf.int64)
                 seed = tf.random.experimental.stateless_fold_in(seed, i)
                 seed = tf.random.experimental.stateless_fold_in(seed, k)
                 aug = lambda img=img, seed=seed, cam=cam: tf_image.augment(  # noqa: E731
@@ -106,8 +114,29 @@ def build_tf_dataset(cfg, train: bool = True) -> tuple[tf.data.Dataset, rlds.Epi
                 images[cam] = tf_image.to_model_range(img)
         return {**ex, "images": images}
 
-    ds = ds.enumerate().map(finish, num_parallel_calls=cfg.num_parallel_calls)
-    ds = ds.batch(cfg.batch_size, drop_remainder=train, num_parallel_calls=cfg.num_parallel_calls)
+    return ds.enumerate().map(finish, num_parallel_calls=cfg.num_parallel_calls)
+
+
+def build_tf_dataset(cfg, train: bool = True, streams=None) -> tuple[tf.data.Dataset, rlds.EpisodeLog]:
+    """The tf.data part (everything except tokenisation), batched; for inspection and benchmarks.
+
+    Training: the process's batch is one batch of B / len(streams) examples from each of its streams
+    (DataConfig.streams; `streams` overrides which), concatenated in that order. Evaluation reads the
+    process's shard of every episode once, in order."""
+    cfg = DataConfig.from_any(cfg)
+    _hide_gpus_from_tf()
+    elog = rlds.EpisodeLog()
+    if not train:
+        ds = _stream(cfg, False, cfg.shard(), elog)
+        ds = ds.batch(cfg.batch_size, drop_remainder=False, num_parallel_calls=cfg.num_parallel_calls)
+    else:
+        ids, total = cfg.streams(streams)
+        per = cfg.batch_size // len(ids)
+        parts = [_stream(cfg, True, (j, total), elog).batch(per, drop_remainder=True,
+                                                             num_parallel_calls=cfg.num_parallel_calls)
+                 for j in ids]
+        ds = parts[0] if len(parts) == 1 else tf.data.Dataset.zip(tuple(parts)).map(
+            lambda *batches: tf.nest.map_structure(lambda *xs: tf.concat(xs, 0), *batches))
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_optimization.map_parallelization = True
@@ -185,9 +214,10 @@ class DataIterator:
         }
 
 
-def make_dataset(data_config, train: bool = True) -> DataIterator:
-    """Iterator of numpy batches (see the module docstring); `data_config` is config.data."""
+def make_dataset(data_config, train: bool = True, streams=None) -> DataIterator:
+    """Iterator of numpy batches (see the module docstring); `data_config` is config.data; `streams`:
+    which of data.num_streams this process reads (see build_tf_dataset)."""
     cfg = DataConfig.from_any(data_config)
     tokenizer = PaligemmaTokenizer(cfg.tokenizer_path, cfg.max_token_len)
-    ds, elog = build_tf_dataset(cfg, train)
+    ds, elog = build_tf_dataset(cfg, train, streams)
     return DataIterator(cfg, ds, elog, tokenizer)

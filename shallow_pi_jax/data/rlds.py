@@ -1,6 +1,6 @@
 """RLDS episodes (tensorflow-datasets) → per-frame examples with action chunks, as tf.data.
 
-One dataset's stream: read episodes (`tfds.builder(name, data_dir=...)`, this process's share of
+One dataset's stream: read episodes (`tfds.builder(name, data_dir=...)`, this stream's shard of
 the split, files shuffled with the seed) → keep only the mapped fields, images still encoded →
 check each episode (empty, NaN/inf in state or actions) → action chunks of `horizon` future steps
 clamped at the episode end → optional delta actions → normalise → pad to the model's dims →
@@ -218,7 +218,8 @@ def read_episodes(spec: DatasetSpec, cfg: DataConfig, plan: FieldPlan, builder, 
         raise ValueError(f"datasets[{spec.name!r}]: cannot read split {split!r}: {e}") from e
     instructions = [fi for fi in instructions if fi.take != 0]
     if not instructions:
-        raise ValueError(f"datasets[{spec.name!r}]: split {split!r} has no episodes for process {index} of {count}")
+        raise ValueError(f"datasets[{spec.name!r}]: split {split!r} has no episodes for data shard {index} of {count} "
+                         "(training: one shard per data stream; evaluation: one per process)")
     # tfds's own reader stops the whole pipeline at a bad record without naming the file, so the files
     # are read here, one TFRecordDataset each, as tfds does (same interleave, same ids).
     files = tf.data.Dataset.from_tensor_slices({

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 import numpy as np
 import sentencepiece
 
+from shallow_pi_jax import fileio
+
 log = logging.getLogger(__name__)
 
 STATE_BINS = 256
@@ -38,12 +40,11 @@ def pi05_prompt(prompt: str, state: np.ndarray) -> str:
 
 class PaligemmaTokenizer:
     def __init__(self, model_path: str | os.PathLike, max_len: int):
-        if not model_path or not os.path.exists(model_path):
+        if not model_path or not fileio.source(model_path).is_file():
             raise ValueError(f"data.tokenizer_path: sentencepiece model {str(model_path)!r} does not exist")
         if max_len <= 0:
             raise ValueError(f"data.max_token_len: expected a positive int, got {max_len}")
-        with open(model_path, "rb") as f:
-            self._sp = sentencepiece.SentencePieceProcessor(model_proto=f.read())
+        self._sp = sentencepiece.SentencePieceProcessor(model_proto=fileio.source(model_path).read_bytes())
         self.max_len = int(max_len)
         self._newline = self._sp.encode("\n")
         if not self._newline:

@@ -1,9 +1,18 @@
-"""Per-layer input/output cosine similarity of a model, across flow times t.
+"""How much each layer of a model changes its residual stream, per stack, across flow times t.
 
-For layer l, the cosine similarity between each token's hidden state before and after the layer,
-averaged over valid tokens: the backbone over the prefix tokens (independent of t: the prefix never
-attends to the suffix) and the action expert over the action tokens at each t, where
-x_t = t·ε + (1−t)·a. The command line is `python -m shallow_pi_jax.layer_similarity`.
+Per layer l (h_l = the hidden state entering layer l, h_L the last layer's output), averaged over
+valid tokens: the backbone over the prefix tokens (independent of t: the prefix never attends to
+the suffix), the action expert over the action tokens at each t, where x_t = t·ε + (1−t)·a:
+
+- `backbone` / `expert`: cos(h_l, h_{l+1}), the similarity of consecutive hidden states;
+- `*_update`: ‖h_{l+1} − h_l‖ / ‖h_l‖, the size of the layer's update relative to its input;
+- `*_to_final`: cos(h_l, h_L), how close the stream already is to the last layer's (l = 0..L);
+- `expert_readout`: ‖v(h_l) − v_t‖ / ‖v_t‖, the velocity read out of the expert's stream after l
+  layers (the model's own final norm and action head applied to h_l) against the model's v_t.
+
+A teacher that does most of its work in its first layers has large early updates, late layers near
+cos 1, and a read-out error that is already small after a few layers. The command line is
+`python -m shallow_pi_jax.layer_similarity`.
 """
 from __future__ import annotations
 
@@ -61,61 +70,123 @@ def _cosine(a, b):
     return jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + 1e-12)
 
 
-@jax.jit
-def _layer_cosines(pres, sufs, pmask):
-    """Mean in/out cosine per layer: backbone over valid prefix tokens, expert over suffix tokens."""
-    cp = _cosine(pres[:-1], pres[1:])  # [L, B, P]
+def _rel_update(a, b):
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return jnp.linalg.norm(b - a, axis=-1) / (jnp.linalg.norm(a, axis=-1) + 1e-12)
+
+
+def _layer_stats(pres, sufs, pmask) -> dict:
+    """Per-layer means: backbone over valid prefix tokens, expert over suffix tokens."""
     w = pmask[None].astype(jnp.float32)
-    backbone = jnp.sum(cp * w, axis=(1, 2)) / jnp.sum(w, axis=(1, 2))
-    expert = jnp.mean(_cosine(sufs[:-1], sufs[1:]), axis=(1, 2))
-    return backbone, expert
+
+    def prefix_mean(x):  # [L, B, P] → [L]
+        return jnp.sum(x * w, axis=(1, 2)) / jnp.sum(w, axis=(1, 2))
+
+    def suffix_mean(x):
+        return jnp.mean(x, axis=(1, 2))
+
+    return {
+        "backbone": prefix_mean(_cosine(pres[:-1], pres[1:])),
+        "expert": suffix_mean(_cosine(sufs[:-1], sufs[1:])),
+        "backbone_update": prefix_mean(_rel_update(pres[:-1], pres[1:])),
+        "expert_update": suffix_mean(_rel_update(sufs[:-1], sufs[1:])),
+        "backbone_to_final": prefix_mean(_cosine(pres, pres[-1:])),
+        "expert_to_final": suffix_mean(_cosine(sufs, sufs[-1:])),
+    }
+
+
+def _readout_error(model: Pi0, params, sufs, cond, v_t):
+    """‖v(h_l) − v_t‖ / ‖v_t‖ per l, v(h_l) = the model's final norm and action head on h_l."""
+    def one(h):
+        v = model.apply({"params": params}, h, cond, method=_head)
+        return jnp.mean(jnp.linalg.norm((v - v_t).reshape(len(v), -1), axis=-1)
+                        / (jnp.linalg.norm(v_t.reshape(len(v_t), -1), axis=-1) + 1e-12))
+
+    return jax.lax.map(one, sufs)
+
+
+def layer_stats(cfg: ModelConfig, params, obs, x_t, time) -> dict:
+    """_layer_stats of one batch at flow times `time`, plus the expert's read-out error."""
+    pres, sufs, pmask, v_t = hidden_states(cfg, params, obs, x_t, time)
+    model = Pi0(cfg)
+    cond = model.apply({"params": params}, obs, x_t, time, method=_embed)[-1]
+    out = _layer_stats(pres, sufs, pmask)
+    out["expert_readout"] = _readout_error(model, params, sufs, cond, v_t)
+    return out
+
+
+BACKBONE_KEYS = ("backbone", "backbone_update", "backbone_to_final")  # one list: the prefix does not see t
+EXPERT_KEYS = ("expert", "expert_update", "expert_to_final", "expert_readout")  # one list per flow time
 
 
 def similarity(cfg: ModelConfig, params, batches, times, seed: int = 0) -> dict:
-    """Average per-layer cosines over `batches` (model inputs with `actions`) at each flow time."""
-    fn = jax.jit(lambda p, o, x, t: hidden_states(cfg, p, o, x, t)[:3])
+    """Average the per-layer statistics over `batches` (model inputs with `actions`) at each flow time."""
+    fn = jax.jit(lambda p, o, x, t: layer_stats(cfg, p, o, x, t))
     rng = np.random.default_rng(seed)
-    sums_b, sums_e, n = np.zeros(cfg.depth), np.zeros((len(times), cfg.depth)), 0
+    sums: dict[str, list[np.ndarray]] = {k: [] for k in BACKBONE_KEYS + EXPERT_KEYS}  # frame-weighted batch means
+    n = 0
     for batch in batches:
         b = len(batch["state"])
         obs = {k: batch[k] for k in ("images", "image_masks", "state", "tokenized_prompt", "tokenized_prompt_mask")}
         noise = rng.standard_normal(batch["actions"].shape).astype(np.float32)
-        for i, t in enumerate(times):
-            x_t = t * noise + (1 - t) * batch["actions"]
-            bb, ee = _layer_cosines(*fn(params, obs, x_t, jnp.full((b,), t, jnp.float32)))
-            sums_e[i] += np.asarray(ee) * b
-            if i == 0:
-                sums_b += np.asarray(bb) * b
+        per_t = [fn(params, obs, t * noise + (1 - t) * batch["actions"], jnp.full((b,), t, jnp.float32))
+                 for t in times]
+        for k in EXPERT_KEYS:
+            sums[k].append(np.stack([np.asarray(st[k], np.float64) for st in per_t]) * b)
+        for k in BACKBONE_KEYS:
+            sums[k].append(np.asarray(per_t[0][k], np.float64) * b)
         n += b
     if n == 0:
         raise ValueError("no frames to analyse")
-    return {"times": list(times), "backbone": (sums_b / n).tolist(), "expert": (sums_e / n).tolist(), "frames": n}
+    return {"times": list(times), "frames": n, **{k: (sum(v) / n).tolist() for k, v in sums.items()}}
 
 
 def format_table(res: dict) -> str:
+    """One row per layer: backbone and expert (at each t) cos(h_l, h_l+1), update size and read-out error."""
     times = res["times"]
-    head = "| layer | backbone (prefix) | " + " | ".join(f"expert t={t:g}" for t in times) + " |\n"
-    head += "|---" * (2 + len(times)) + "|\n"
+    cols = (["backbone cos", "backbone update"] + [f"expert cos t={t:g}" for t in times]
+            + [f"expert update t={t:g}" for t in times] + [f"readout err t={t:g}" for t in times])
+    head = "| layer | " + " | ".join(cols) + " |\n" + "|---" * (1 + len(cols)) + "|\n"
     rows = []
     for layer, b in enumerate(res["backbone"]):
-        cells = " | ".join(f"{res['expert'][i][layer]:.4f}" for i in range(len(times)))
-        rows.append(f"| {layer} | {b:.4f} | {cells} |\n")
+        cells = [f"{b:.4f}", f"{res['backbone_update'][layer]:.3f}"]
+        cells += [f"{res['expert'][i][layer]:.4f}" for i in range(len(times))]
+        cells += [f"{res['expert_update'][i][layer]:.3f}" for i in range(len(times))]
+        # read-out after layer l = from h_{l+1}
+        cells += [f"{res['expert_readout'][i][layer + 1]:.3f}" for i in range(len(times))]
+        rows.append(f"| {layer} | " + " | ".join(cells) + " |\n")
     return head + "".join(rows)
 
 
 def plot(res: dict, path: pathlib.Path, title: str) -> None:
-    layers = np.arange(len(res["backbone"]))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(layers, res["backbone"], "k-o", label="backbone (prefix tokens)")
+    """Three panels: update size per layer, cos(h_l, h_l+1), and the expert's velocity read-out error."""
+    depth = len(res["backbone"])
+    layers = np.arange(depth)
     cmap = plt.get_cmap("viridis")
+    colours = [cmap(i / max(1, len(res["times"]) - 1)) for i in range(len(res["times"]))]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    # panels 0 and 1: one per-layer quantity, the backbone's line and one expert line per flow time
+    panels = ((axes[0], "_update", "‖h_{l+1} − h_l‖ / ‖h_l‖", "how much layer l changes the stream"),
+              (axes[1], "", "cos(h_l, h_{l+1})", "similarity of consecutive layers"))
+    for ax, suffix, ylabel, title in panels:
+        ax.plot(layers, res["backbone" + suffix], "k-o", label="backbone (prefix tokens)")
+        for i, t in enumerate(res["times"]):
+            ax.plot(layers, res["expert" + suffix][i], "--s", color=colours[i], label=f"action expert, t={t:g}")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+    ax = axes[2]
     for i, t in enumerate(res["times"]):
-        ax.plot(layers, res["expert"][i], "--s", color=cmap(i / max(1, len(res["times"]) - 1)),
-                label=f"action expert, t={t:g}")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("cos(layer input, layer output)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        ax.plot(np.arange(depth + 1), res["expert_readout"][i], "-s", color=colours[i], label=f"t={t:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("layers run (l)")
+    ax.set_ylabel("‖v(h_l) − v_t‖ / ‖v_t‖")
+    ax.set_title("velocity read out after l layers")
+    for ax in axes[:2]:
+        ax.set_xlabel("layer l")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)

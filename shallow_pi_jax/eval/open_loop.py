@@ -118,7 +118,9 @@ def eval_data_config(args, ckpt, preset):
     stats_path = args.norm_stats or ckpt.norm_stats
     if stats_path is None:
         raise ValueError(f"--norm-stats: {ckpt.root}/assets has no norm_stats.json")
-    data_cfg = serving_data_config(ckpt.config, preset, tokenizer_path=tokenizer, norm_stats_path=stats_path)
+    # As the checkpoint's record says (state in the prompt, delta actions, norm type): what it was trained on.
+    data_cfg = serving_data_config(ckpt.config, preset, tokenizer_path=tokenizer, norm_stats_path=stats_path,
+                                   record=ckpt.record)
     spec = dataclasses.replace(data_cfg.datasets[0], name=dataset, data_dir=data_dir, split=args.split)
     return dataclasses.replace(data_cfg, datasets=(spec,), batch_size=args.batch_size), stats_path, dataset, data_dir
 

@@ -23,6 +23,7 @@ import sys
 import time
 
 from shallow_pi_jax import cli
+from shallow_pi_jax.checkpoint import policy_record
 from shallow_pi_jax.serve.policy import load_policy, warmup_observation
 from shallow_pi_jax.serve.presets import PRESETS
 from shallow_pi_jax.serve.server import DEFAULT_MAX_FRAME_BYTES, PolicyServer
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chunk length of an openpi checkpoint without model_config.json (default: preset's)")
     p.add_argument("--max-token-len", type=int, default=None,
                    help="prompt length of an openpi checkpoint without model_config.json (default: 200 pi0.5, 48 pi0)")
+    p.add_argument("--openpi-config", default=None, choices=sorted(policy_record.OPENPI),
+                   help="the openpi config an openpi checkpoint (no policy_record.json) was trained with; default: "
+                        "the --env preset's for its architecture (libero: pi05_libero / pi0_libero). Against a "
+                        "checkpoint's own record a difference is an error")
     p.add_argument("--default-prompt", default=None, help="prompt used when a request has none")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="compute dtype (default: the checkpoint's model config)")
@@ -77,7 +82,7 @@ def main(argv=None) -> int:
     policy = load_policy(cli.policy_path(args.checkpoint), env=args.env, tokenizer_path=args.tokenizer,
                          norm_stats_path=args.norm_stats, num_steps=args.num_steps, noise_seed=args.noise_seed,
                          action_horizon=args.action_horizon, max_token_len=args.max_token_len,
-                         default_prompt=args.default_prompt, dtype=args.dtype,
+                         default_prompt=args.default_prompt, dtype=args.dtype, openpi_config=args.openpi_config,
                          skip_masked_cameras=not args.no_skip_masked_cameras, verify=not args.no_checksums)
     if not args.no_warmup:
         start = time.monotonic()

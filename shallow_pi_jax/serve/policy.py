@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shallow_pi_jax.checkpoint import policy_dir
+from shallow_pi_jax.checkpoint import policy_dir, policy_record
 from shallow_pi_jax.data import norm_stats as data_norm_stats
 from shallow_pi_jax.data import transforms as data_transforms
 from shallow_pi_jax.data.config import DataConfig, DatasetSpec
@@ -166,11 +166,12 @@ class Checkpoint:
     layer_map: dict | None
     norm_stats: pathlib.Path | None  # found in assets/, None when there is none
     params_dir: pathlib.Path | None = None
+    record: policy_record.PolicyRecord | None = None  # how it sees the world (see resolve_record)
 
 
 def load_checkpoint(path, *, action_horizon: int | None = None, max_token_len: int | None = None,
                     preset: EnvPreset | None = None, dtype: str | None = None, verify: bool = True,
-                    params: bool = True) -> Checkpoint:
+                    params: bool = True, openpi_config: str | None = None) -> Checkpoint:
     """Read a policy directory (ours or openpi's); overrides fill only what it does not record.
     `verify`: check the files against its checksums.json (non-finite params are refused either way);
     `params=False`: metadata only (Checkpoint.params is None), cheap."""
@@ -183,21 +184,56 @@ def load_checkpoint(path, *, action_horizon: int | None = None, max_token_len: i
     if dtype is not None:
         cfg = dataclasses.replace(cfg, dtype=dtype)
     loaded = policy_dir.load_model(pd.params_dir, config=cfg, verify=verify)[1] if params else None
-    return Checkpoint(pd.root, cfg, loaded, pd.layer_map, pd.norm_stats(preset.asset_id if preset else None),
-                      pd.params_dir)
+    record = resolve_record(pd, cfg, preset, openpi_config)
+    asset_id = record.asset_id if record and record.asset_id else (preset.asset_id if preset else None)
+    return Checkpoint(pd.root, cfg, loaded, pd.layer_map, pd.norm_stats(asset_id), pd.params_dir, record)
+
+
+def resolve_record(pd: policy_dir.PolicyDir, cfg: ModelConfig, preset: EnvPreset | None,
+                   openpi_config: str | None = None) -> policy_record.PolicyRecord | None:
+    """The checkpoint's policy_record.json; for one without (openpi's), the named openpi config's record,
+    else the preset's default. A named config or a preset that contradicts it is an error naming both."""
+    where = f"{pd.root / policy_dir.RECORD}"
+    record = pd.record
+    if openpi_config:
+        named = policy_record.openpi(openpi_config)
+        if record is not None:
+            policy_record.check_same(record, where, named, f"--openpi-config {openpi_config}")
+        record, where = named, f"--openpi-config {openpi_config}"
+    if record is None:
+        if preset is None:
+            return None
+        # An openpi checkpoint's sizes come from its tree; the preset's record gives what the tree cannot tell.
+        record = dataclasses.replace(preset.default_record(cfg), pi05=cfg.pi05, cameras=tuple(cfg.image_keys),
+                                     max_token_len=cfg.max_token_len, action_horizon=cfg.action_horizon,
+                                     action_dim=cfg.action_dim)
+        where = f"--env {preset.name}'s default for {pd.root}"
+    for name, model_value in (("pi05", cfg.pi05), ("cameras", tuple(cfg.image_keys)),
+                              ("max_token_len", cfg.max_token_len), ("action_horizon", cfg.action_horizon),
+                              ("action_dim", cfg.action_dim)):
+        if getattr(record, name) != model_value:
+            raise ValueError(f"{name}: {where} says {getattr(record, name)!r}, the model "
+                             f"({pd.root}) has {model_value!r}")
+    if preset is not None:
+        preset.check_record(record, where)
+    return record
 
 
 def serving_data_config(cfg: ModelConfig, preset: EnvPreset, *, tokenizer_path: str, norm_stats_path,
-                        default_prompt: str | None = None) -> DataConfig:
-    """The data config that turns this robot's observations into `cfg`'s inputs."""
+                        default_prompt: str | None = None,
+                        record: policy_record.PolicyRecord | None = None) -> DataConfig:
+    """The data config that turns this robot's observations into `cfg`'s inputs, as `record` (default: the
+    preset's for this model) says: state in the prompt or not, delta actions, quantile or z-score."""
+    record = record or preset.default_record(cfg)
     if cfg.image_size[0] != cfg.image_size[1]:
         raise ValueError(f"image_size: serving transforms need square images, got {cfg.image_size}")
     spec = DatasetSpec(name=f"serve_{preset.name}", mapping=preset.mapping,
-                       delta_action_mask=preset.delta_action_mask)
+                       delta_action_mask=record.delta_action_mask)
     return DataConfig(datasets=(spec,), horizon=cfg.action_horizon, action_dim=cfg.action_dim,
                       image_size=cfg.image_size[0], max_token_len=cfg.max_token_len,
                       tokenizer_path=str(tokenizer_path), norm_stats_path=str(norm_stats_path), pi05=cfg.pi05,
-                      discrete_state_input=preset.state_in_prompt, default_prompt=default_prompt,
+                      discrete_state_input=record.state_in_prompt, use_quantile_norm=record.quantile_norm,
+                      default_prompt=default_prompt,
                       cameras=cfg.image_keys, augment=False)
 
 
@@ -210,13 +246,14 @@ def load_policy(checkpoint, *, env: str = "libero", tokenizer_path=None, norm_st
                 num_steps: int = 10, noise_seed: int | None = None, seed: int = 0,
                 action_horizon: int | None = None, max_token_len: int | None = None,
                 default_prompt: str | None = None, skip_masked_cameras: bool = True,
-                dtype: str | None = None, verify: bool = True, compact_prefix: bool = True) -> Policy:
+                dtype: str | None = None, verify: bool = True, compact_prefix: bool = True,
+                openpi_config: str | None = None) -> Policy:
     """Checkpoint directory + robot preset → Policy with openpi's input and output transforms
     (served with the compacted prefix unless `compact_prefix=False`: see Policy)."""
     preset = get_preset(env)
     # Everything cheap is checked before the params load, which takes minutes for a large checkpoint.
     ckpt = load_checkpoint(checkpoint, action_horizon=action_horizon, max_token_len=max_token_len,
-                           preset=preset, dtype=dtype, verify=verify, params=False)
+                           preset=preset, dtype=dtype, verify=verify, params=False, openpi_config=openpi_config)
     norm_stats_path = norm_stats_path or ckpt.norm_stats
     if norm_stats_path is None:
         raise ValueError(f"norm_stats: {ckpt.root}/assets has no norm_stats.json; pass --norm-stats")
@@ -228,12 +265,13 @@ def load_policy(checkpoint, *, env: str = "libero", tokenizer_path=None, norm_st
     stats_file, stats = checked_norm_stats(norm_stats_path, ckpt.config, preset)
     _, params = policy_dir.load_model(ckpt.params_dir, config=ckpt.config, verify=verify)
     data_cfg = serving_data_config(ckpt.config, preset, tokenizer_path=tokenizer_path,
-                                   norm_stats_path=stats_file, default_prompt=default_prompt)
+                                   norm_stats_path=stats_file, default_prompt=default_prompt, record=ckpt.record)
     c = ckpt.config
     metadata = {
         "env": env, "checkpoint": str(ckpt.root), "pi05": c.pi05, "depth": c.depth,
         "action_horizon": c.action_horizon, "action_dim": c.action_dim, "num_steps": int(num_steps),
         "cameras": list(c.image_keys), "robot_action_dim": None, "layer_map": ckpt.layer_map,
+        "policy_record": ckpt.record.to_dict(),
     }
     out_tf = data_transforms.make_output_transform(data_cfg)
     metadata["robot_action_dim"] = int(out_tf.action_dim)

@@ -31,7 +31,9 @@ from collections.abc import Mapping as _AbcMapping
 
 import numpy as np
 
+from shallow_pi_jax.checkpoint import policy_record
 from shallow_pi_jax.data.mappings import Mapping, resolve_mapping
+from shallow_pi_jax.models.config import ModelConfig
 
 MAX_PROMPT_CHARS = 2000  # the tokenizer keeps at most max_token_len (<= 200) tokens anyway
 FLOAT_IMAGE_SLACK = 1e-3  # 255 × (1 + 1e-3) still truncates to 255
@@ -49,7 +51,10 @@ class EnvPreset:
     mapping: Mapping
     horizon_pi0: int
     horizon_pi05: int
-    # openpi's LIBERO π0.5 checkpoint was trained without the state in the prompt; None = the π0.5 default.
+    # For a checkpoint without policy_record.json (openpi's): the openpi config whose record it is taken to
+    # have, per architecture; without one, state_in_prompt (None: the π0.5 default) and delta_action_mask.
+    openpi_pi0: str | None = None
+    openpi_pi05: str | None = None
     state_in_prompt: bool | None = None
     delta_action_mask: tuple[bool, ...] | None = None
     # Sub-folder of an openpi checkpoint's assets/ that holds this robot's norm_stats.json.
@@ -61,6 +66,34 @@ class EnvPreset:
 
     def horizon(self, pi05: bool) -> int:
         return self.horizon_pi05 if pi05 else self.horizon_pi0
+
+    def default_record(self, cfg: ModelConfig) -> policy_record.PolicyRecord:
+        """The record of a checkpoint that has none, served for this robot: the preset's openpi config for
+        the model's architecture, else the preset's own settings."""
+        name = self.openpi_pi05 if cfg.pi05 else self.openpi_pi0
+        if name is not None:
+            return policy_record.openpi(name)
+        return policy_record.PolicyRecord(
+            pi05=cfg.pi05, cameras=tuple(cfg.image_keys),
+            masked_cameras=tuple(c for c in cfg.image_keys if c not in self.mapping.camera_names),
+            state_in_prompt=cfg.pi05 if self.state_in_prompt is None else self.state_in_prompt,
+            max_token_len=cfg.max_token_len, action_horizon=cfg.action_horizon, action_dim=cfg.action_dim,
+            robot_action_dim=self.action_dim, delta_action_mask=self.delta_action_mask, quantile_norm=cfg.pi05,
+            asset_id=self.asset_id, source=f"env preset {self.name}")
+
+    def check_record(self, record: policy_record.PolicyRecord, where: str) -> None:
+        """This robot must give the cameras the record has unmasked and take its action dims."""
+        sent = tuple(c for c in record.cameras if c in self.mapping.camera_names)
+        if set(sent) != set(record.present_cameras):
+            raise ValueError(f"cameras: {where} has the robot give {list(record.present_cameras)} "
+                             f"(masked: {list(record.masked_cameras)}), --env {self.name} sends {list(sent)}")
+        if None not in (record.robot_action_dim, self.action_dim) and record.robot_action_dim != self.action_dim:
+            raise ValueError(f"robot_action_dim: {where} says {record.robot_action_dim}, --env {self.name} "
+                             f"takes {self.action_dim}")
+        for name in ("state_in_prompt", "delta_action_mask"):
+            mine = getattr(self, name)
+            if mine is not None and mine != getattr(record, name):
+                raise ValueError(f"{name}: {where} says {getattr(record, name)!r}, --env {self.name} says {mine!r}")
 
     def request_spec(self, *, image_size: int, stats_state_dim: int | None = None) -> RequestSpec:
         """What one request must hold; `stats_state_dim` stands in for state_dims when the preset has none."""
@@ -77,10 +110,11 @@ class EnvPreset:
 PRESETS = {
     # LIBERO: end-effector position (3), axis-angle (3), gripper joints (2) -> 6-DoF delta + gripper.
     "libero": EnvPreset("libero", resolve_mapping("libero"), horizon_pi0=50, horizon_pi05=10,
-                        state_in_prompt=False, asset_id="physical-intelligence/libero",
+                        openpi_pi0="pi0_libero", openpi_pi05="pi05_libero", asset_id="physical-intelligence/libero",
                         state_dims=(8,), action_dim=7),
     # DROID: 7 joint positions + 1 gripper position -> 7 joint targets + gripper.
     "droid": EnvPreset("droid", resolve_mapping("droid"), horizon_pi0=10, horizon_pi05=15, asset_id="droid",
+                       openpi_pi0="pi0_droid", openpi_pi05="pi05_droid",
                        state_dims=(7, 1), action_dim=8),
     # openpi's ALOHA policies predict joint deltas for both arms (grippers absolute).
     "aloha": EnvPreset("aloha", ALOHA, horizon_pi0=50, horizon_pi05=50,

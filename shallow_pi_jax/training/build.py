@@ -11,14 +11,16 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from shallow_pi_jax.checkpoint import openpi_params
+from shallow_pi_jax.checkpoint import openpi_params, policy_record
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.observation import dummy_observation
 from shallow_pi_jax.models.params import init_params, param_shapes
 from shallow_pi_jax.models.pi0 import Pi0
+from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import layer_map as layer_maps
 from shallow_pi_jax.training import sharding
 from shallow_pi_jax.training import step as ts
-from shallow_pi_jax.training.layer_map import LayerMap, make_layer_map, parse_layers
+from shallow_pi_jax.training.layer_map import LayerMap
 from shallow_pi_jax.training.student_init import student_params
 
 VISION_PREFIX = "PaliGemma/img/"
@@ -33,21 +35,22 @@ class RunSpec:
 
 
 def layer_map_from_config(config, teacher_depth: int) -> LayerMap:
-    text = str(config.student.layer_map)
-    if text in ("uniform", "first", "last"):
-        return make_layer_map(teacher_depth, int(config.student.depth), strategy=text)
-    return LayerMap(teacher_depth, parse_layers(text), "explicit")
+    st = config.student
+    return layer_maps.from_config(teacher_depth, int(st.depth), st.layer_map, st.get("expert_map", layer_maps.SAME))
 
 
 def attn_pairs(config, lmap: LayerMap) -> tuple[tuple[int, int], ...]:
-    """(student layer, teacher layer) for the configured attention-KD layer."""
+    """(student layer, teacher layer) for the configured attention-KD layer.
+
+    The teacher layer is the one the student's action expert started from: the distilled attention
+    rows are the action queries (or all tokens, whose joint attention the expert's queries join)."""
     depth = lmap.student_depth
     where = config.loss.attn_layer
     j = {"initial": 0, "middle": depth // 2, "late": depth - 1}.get(where, where)
     if not isinstance(j, int) or not 0 <= j < depth:
         raise ValueError(f"loss.attn_layer: expected initial|middle|late or a student layer in [0, {depth}), "
                          f"got {where!r}")
-    return ((j, lmap.indices[j]),)
+    return ((j, lmap.expert[j]),)
 
 
 def run_spec(config) -> RunSpec:
@@ -68,6 +71,14 @@ def run_spec(config) -> RunSpec:
         share_image_tokens=bool(config.student.freeze_vision) and has_teacher and config.student.init == "teacher",
         ema_decay=config.optim.ema_decay)
     return RunSpec(teacher_cfg, student_cfg, lmap, step_cfg)
+
+
+def student_record(config) -> policy_record.PolicyRecord:
+    """The record the trained model is written with: its teacher's (checked against config.data), or for
+    plain training config.data's. Pass it to policy_dir.write so serving sees what training fed."""
+    record = train_config.teacher_record(config)
+    source = f"teacher {config.teacher.params} ({record.source})" if config.teacher.params else record.source
+    return dataclasses.replace(record, source=source)
 
 
 def optimizer(config):

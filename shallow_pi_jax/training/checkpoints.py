@@ -16,7 +16,7 @@ import pathlib
 import jax
 import orbax.checkpoint as ocp
 
-from shallow_pi_jax.checkpoint import policy_dir
+from shallow_pi_jax.checkpoint import policy_dir, policy_record
 from shallow_pi_jax.models.config import ModelConfig
 
 BAD_DIR = "checkpoints_bad"
@@ -160,8 +160,10 @@ class RunCheckpoints:
 
 
 def export_student(params, out_dir: pathlib.Path, model_config: dict, layer_map: dict | None,
-                   norm_stats_path: str | None, teacher_params: str | None) -> pathlib.Path:
-    """Write the student as a policy directory (params/ in openpi's layout + assets/ + metadata)."""
+                   norm_stats_path: str | None, teacher_params: str | None,
+                   record: policy_record.PolicyRecord | None = None) -> pathlib.Path:
+    """Write the student as a policy directory (params/ in openpi's layout + assets/ + metadata), with
+    `record` (build.student_record) as its policy_record.json: what serving must feed it."""
     lm = None if layer_map is None else {**layer_map, "teacher": teacher_params}
     return policy_dir.write(out_dir, params, ModelConfig.from_dict(model_config), layer_map=lm,
-                            norm_stats=norm_stats_path or None)
+                            norm_stats=norm_stats_path or None, record=record)

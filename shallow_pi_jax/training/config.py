@@ -17,7 +17,10 @@ Keys (default first):
     attn_layer    middle | initial | late: the layer whose attention is distilled
     attn_queries  action | all: attention KD over the action-token queries or over every token
     init          teacher | scratch (random init, and so task loss only: the from-scratch baseline)
-    layer_map     uniform | first | last: which teacher layers initialise the student
+    layer_map     uniform | first | last: which teacher layers initialise the student (both stacks, or the
+                  backbone when expert_map is set)
+    expert_map    same | uniform | first | last: the action expert's own map; `layer_map=first,expert_map=uniform`
+                  is the published reference code's student (backbone first L, expert uniform)
 experiments/teacher.py (plain training, no student) takes only model and size.
 
 Each value also has a bare short form (`demo`, `pi0`, `kd`, `attn_late`, `attn_all`, `scratch`, `first`, ...;
@@ -34,16 +37,17 @@ import pathlib
 import ml_collections
 from absl import flags
 
+from shallow_pi_jax.checkpoint import policy_record
 from shallow_pi_jax.data.config import DataConfig
 from shallow_pi_jax.data.config import default_config as default_data_config
 from shallow_pi_jax.models.config import GemmaConfig, ModelConfig, SiglipConfig
-from shallow_pi_jax.training.layer_map import LayerMap, parse_layers
+from shallow_pi_jax.training import layer_map as layer_maps
 
 DEFAULTS = dict(model="pi05", size="real", loss="full", attn_layer="middle", attn_queries="action", init="teacher",
-                layer_map="uniform")
+                layer_map="uniform", expert_map="same")
 VALUES = dict(model=("pi05", "pi0"), size=("real", "demo", "tiny"), loss=("task_only", "kd", "full"),
               attn_layer=("initial", "middle", "late"), attn_queries=("action", "all"), init=("teacher", "scratch"),
-              layer_map=("uniform", "first", "last"))
+              layer_map=("uniform", "first", "last"), expert_map=("same", "uniform", "first", "last"))
 # The bare words of the older flag syntax, kept so that short commands like `l6.py:demo,pi0` still work.
 ALIASES = {"demo": ("size", "demo"), "tiny": ("size", "tiny"), "pi0": ("model", "pi0"), "pi05": ("model", "pi05"),
            "task_only": ("loss", "task_only"), "kd": ("loss", "kd"), "full": ("loss", "full"),
@@ -134,6 +138,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.model: {e}") from None
     _check_student_and_loss(config, model.depth)
     _check_data(config)
+    teacher_record(config)
 
 
 def _is_int(x) -> bool:
@@ -197,15 +202,17 @@ def _check_student_and_loss(config, teacher_depth: int) -> None:
     _check(config, "student.init", st.init in VALUES["init"], " or ".join(VALUES["init"]))
     _check(config, "teacher.params", st.init != "teacher" or has_teacher,
            "a teacher params directory (or 'demo'): student.init='teacher' copies the student from it")
-    layer_map = str(st.layer_map)
-    if layer_map not in VALUES["layer_map"]:
+    for key in ("layer_map", "expert_map"):
+        text = str(st[key])
+        if text in VALUES[key]:
+            continue
         try:
-            indices = parse_layers(layer_map)
-            LayerMap(teacher_depth, indices)
+            indices = layer_maps.parse_layers(text)
+            layer_maps.LayerMap(teacher_depth, indices)
         except ValueError as e:
-            raise ValueError(f"config.student.layer_map: expected {', '.join(VALUES['layer_map'])} or teacher layer "
-                             f"indices such as '0,3,7', got {layer_map!r} ({e})") from None
-        _check(config, "student.layer_map", len(indices) == st.depth,
+            raise ValueError(f"config.student.{key}: expected {', '.join(VALUES[key])} or teacher layer "
+                             f"indices such as '0,3,7', got {text!r} ({e})") from None
+        _check(config, f"student.{key}", len(indices) == st.depth,
                f"{st.depth} teacher layer indices (one per student layer, student.depth={st.depth})")
     for key in ("task", "velocity_kd", "attention_kd"):
         _check(config, f"loss.{key}", _is_number(loss[key]) and loss[key] >= 0, "a weight >= 0")
@@ -255,6 +262,78 @@ def _check_data(config) -> None:
     params = config.teacher.params
     _check(config, "teacher.params", not _local(params) or os.path.exists(params),
            "an openpi params directory", got=f"{params} (not found)")
+
+
+# The config key that sets each record field, for error messages.
+_RECORD_KEYS = {"pi05": "data.pi05", "cameras": "data.cameras", "masked_cameras": "data.datasets[].mapping.cameras",
+                "state_in_prompt": "data.discrete_state_input", "max_token_len": "data.max_token_len",
+                "action_horizon": "data.horizon", "action_dim": "data.action_dim",
+                "robot_action_dim": "data.datasets[].mapping.action_dim",
+                "delta_action_mask": "data.delta_action_mask", "quantile_norm": "data.use_quantile_norm"}
+
+
+def record_from_data(config) -> policy_record.PolicyRecord:
+    """The record of what `config.data` feeds the model (what a model trained on it sees)."""
+    data = DataConfig.from_any(config.data)
+    one = {}
+    for i, spec in enumerate(data.datasets):
+        fields = {"masked_cameras": tuple(c for c in data.cameras if c not in spec.mapping.camera_names),
+                  "robot_action_dim": spec.mapping.action_dim, "delta_action_mask": data.delta_mask_for(spec)}
+        for key, value in fields.items():
+            # A mixture must feed one policy: the datasets cannot disagree on what it sees or returns.
+            if key in one and one[key] != value:
+                raise ValueError(f"config.data.datasets[{i}]: {key} is {value!r}, datasets[0] gives {one[key]!r}; "
+                                 "every dataset of a mixture must give the policy the same inputs and outputs")
+            one[key] = value
+    return policy_record.PolicyRecord(
+        pi05=data.pi05, cameras=tuple(data.cameras), masked_cameras=one["masked_cameras"],
+        state_in_prompt=data.state_in_prompt, max_token_len=data.max_token_len, action_horizon=data.horizon,
+        action_dim=data.action_dim, robot_action_dim=one["robot_action_dim"],
+        delta_action_mask=one["delta_action_mask"], quantile_norm=data.quantile_norm, source="config.data")
+
+
+def teacher_record(config) -> policy_record.PolicyRecord:
+    """How the teacher sees the world, checked against config.data (ValueError naming both values).
+
+    From the teacher's policy_record.json when it has one, else from config.teacher.preset (an openpi
+    config name, or "data"); both given must agree. Without a teacher (plain training) the record is
+    config.data's. A contradiction is an error, never an override: a student must see its teacher's inputs."""
+    data_record = record_from_data(config)
+    params, preset = config.teacher.params, config.teacher.preset
+    if not params:
+        return data_record
+    _check(config, "teacher.preset", preset in ("", "data", *policy_record.OPENPI),
+           f"'', 'data' or an openpi config name ({', '.join(policy_record.OPENPI)})")
+    own = None
+    if _local(params) and os.path.isdir(params):
+        root = pathlib.Path(params)
+        own = policy_record.read(root.parent if root.name == "params" else root)
+    named = {"": None, "data": data_record}.get(preset) or policy_record.OPENPI.get(preset)
+    if own is not None and named is not None:
+        policy_record.check_same(own, f"the teacher's {policy_record.FILE}", named,
+                                 f"config.teacher.preset={preset!r}")
+    record = own or named
+    if record is None:
+        raise ValueError(f"config.teacher.preset: expected the openpi config the teacher was trained with "
+                         f"({', '.join(policy_record.OPENPI)}) or 'data', got '' and {params} has no "
+                         f"{policy_record.FILE} (openpi's checkpoints record none)")
+    where = f"the teacher's {policy_record.FILE}" if own is not None else f"teacher.preset={preset!r}"
+    diff = policy_record.differences(record, data_record)
+    if diff:
+        raise ValueError("config.data contradicts the teacher: " + "; ".join(
+            f"{key}: {where} says {want!r}, config.{_RECORD_KEYS[key]} gives {got!r}"
+            for key, (want, got) in diff.items()))
+    return record
+
+
+def apply_record(c: ml_collections.ConfigDict, record: policy_record.PolicyRecord) -> None:
+    """Set config.data (and the model's prompt length / chunk / cameras) to what `record` says."""
+    c.model.max_token_len, c.model.action_horizon = record.max_token_len, record.action_horizon
+    c.model.image_keys, c.model.action_dim = tuple(record.cameras), record.action_dim
+    match_data_to_model(c.data, c.model)
+    c.data.discrete_state_input = record.state_in_prompt
+    c.data.use_quantile_norm = record.quantile_norm
+    c.data.delta_action_mask = record.delta_action_mask
 
 
 def flag_error(error: Exception, argv) -> ValueError:
@@ -324,10 +403,15 @@ def base_config(o: dict) -> ml_collections.ConfigDict:
     # openpi params directory of the teacher; "demo" = the bundled demo teacher; "" = no teacher.
     c.teacher.params = "demo" if demo else ""
     c.teacher.dtype = "float32" if demo else "bfloat16"
+    # How the teacher sees the world when its directory records none (openpi's checkpoints): an openpi
+    # config name (pi05_libero, ...), "data" (it was trained with exactly config.data: the demo teachers),
+    # or "" (its own policy_record.json, required). See teacher_record.
+    c.teacher.preset = "data" if demo else ""
 
     c.student = ml_collections.ConfigDict()
     c.student.depth = o["depth"] or model.depth
     c.student.layer_map = o["layer_map"]  # or, with --config.student.layer_map, explicit indices "0,3,7,..."
+    c.student.expert_map = o["expert_map"]  # "same": the expert takes layer_map too; else its own map or indices
     c.student.init = o["init"]
     c.student.freeze_vision = False
 
@@ -412,4 +496,37 @@ def teacher_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.num_steps = 3000
         c.optim.update(peak_lr=1e-3, warmup_steps=100, decay_steps=3000, end_lr=5e-5)
         c.checkpoint_every = 500
+    return c
+
+
+# openpi trains pi0_libero / pi05_libero on the LeRobot dataset physical-intelligence/libero: these four
+# RLDS suites concatenated, frames drawn uniformly. Weighting each suite by its frame count draws frames
+# uniformly over the mixture the same way. The weights are approximate: the dataset's meta/info.json
+# documents only the total (1,693 episodes, 273,465 frames); the per-suite frame counts are those commonly
+# quoted for the *_no_noops RLDS builds (not checked against the files here), which sum to that total.
+LIBERO_SUITES = (("libero_spatial_no_noops", 52_970), ("libero_object_no_noops", 66_984),
+                 ("libero_goal_no_noops", 52_042), ("libero_10_no_noops", 101_469))
+OPENPI_RECIPE_DATA = {
+    "pi05_libero": tuple((name, "libero", frames) for name, frames in LIBERO_SUITES),
+    "pi0_libero": tuple((name, "libero", frames) for name, frames in LIBERO_SUITES),
+    # pi05_droid was trained on joint velocities + gripper position (openpi's examples/droid).
+    "pi05_droid": (("droid", "droid_velocity", 1),),
+}
+
+
+def openpi_distill_config(name: str, student_depth: int, arg: str | None = None) -> ml_collections.ConfigDict:
+    """Distil the openpi checkpoint trained by openpi's TrainConfig `name`: the model and data settings of
+    that config (its record, policy_record.OPENPI[name]) with the paper's distillation recipe on top.
+
+    Keys after ':' as distill_config's, except model and size (fixed by the openpi config)."""
+    record = policy_record.openpi(name)
+    keys = {k: v for k, v in DEFAULTS.items() if k not in ("model", "size")}
+    o = parse_arg(arg, depth=student_depth, **keys)
+    c = base_config({**DEFAULTS, **o, "model": "pi05" if record.pi05 else "pi0", "size": "real"})
+    apply_record(c, record)
+    c.teacher.preset = name
+    # Datasets under tfds's data dir ($TFDS_DATA_DIR, default ~/tensorflow_datasets) unless data.datasets is set.
+    c.data.datasets = tuple(dict(name=ds, data_dir=None, mapping=mapping, weight=float(weight), split="train",
+                                 norm_stats=None, delta_action_mask=None)
+                            for ds, mapping, weight in OPENPI_RECIPE_DATA[name])
     return c

@@ -29,17 +29,79 @@ from shallow_pi_jax.training.checkpoints import RunCheckpoints, export_student
 from shallow_pi_jax.training.metrics import MetricWriter, check_finite, memory_summary
 
 _MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES")
+# Set by shallow_pi_jax.launch (or by hand on any cluster jax cannot detect): process 0's coordinator
+# address, the number of processes and this process's id. jax reads only the address itself.
+COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
+# Bounds, so that no process waits long on one that is gone: for all processes to connect, for a silent
+# process to be declared dead (jax then ends the others), for the others at exit. The connect bound can be
+# lowered with SHALLOW_PI_INIT_TIMEOUT_S (tests).
+INIT_TIMEOUT_S, HEARTBEAT_TIMEOUT_S, SHUTDOWN_TIMEOUT_S = 120, 60, 30
+INIT_TIMEOUT_ENV = "SHALLOW_PI_INIT_TIMEOUT_S"
+
+
+def _env_int(name: str) -> int:
+    text = os.environ.get(name, "")
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name}: expected an int, got {text!r}") from None
+
+
+def launcher_env() -> tuple[str, int, int] | None:
+    """(coordinator address, process count, process id) from the environment; None when not set."""
+    if os.environ.get(NUM_PROCESSES_ENV) is None and os.environ.get(PROCESS_ID_ENV) is None:
+        return None
+    count, index = _env_int(NUM_PROCESSES_ENV), _env_int(PROCESS_ID_ENV)
+    if count < 1:
+        raise ValueError(f"{NUM_PROCESSES_ENV}: expected a process count >= 1, got {count}")
+    if not 0 <= index < count:
+        raise ValueError(f"{PROCESS_ID_ENV}: expected a process id in 0..{count - 1} ({NUM_PROCESSES_ENV}={count}), "
+                         f"got {index}")
+    address = os.environ.get(COORDINATOR_ENV, "")
+    if count > 1 and ":" not in address:
+        raise ValueError(f"{COORDINATOR_ENV}: expected process 0's host:port, got {address!r}")
+    return address, count, index
 
 
 def maybe_initialize_distributed(mode: str) -> None:
-    """jax.distributed on TPU pod slices / multi-GPU clusters; a no-op on a single host."""
+    """jax.distributed on TPU pod slices / multi-GPU clusters / shallow_pi_jax.launch; a no-op on one host.
+
+    Malformed JAX_NUM_PROCESSES / JAX_PROCESS_ID / JAX_COORDINATOR_ADDRESS raise a ValueError naming the
+    variable. A process whose peers do not all connect within INIT_TIMEOUT_S is ended by jax itself
+    (DEADLINE_EXCEEDED, exit status 134) after the line printed here; one whose job turns out to have
+    another number of processes raises a ValueError."""
     if mode == "off":
         return
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    multi = any(os.environ.get(k) for k in _MULTIHOST_ENV if k != "TPU_WORKER_HOSTNAMES") or "," in hosts
-    multi |= int(os.environ.get("SLURM_NTASKS", "1")) > 1 or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-    if mode == "on" or multi:
-        jax.distributed.initialize()
+    given = launcher_env()
+    if given is not None:
+        address, count, index = given
+        if count == 1 and mode != "on":
+            return
+        kwargs = dict(coordinator_address=address, num_processes=count, process_id=index)
+    else:
+        hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+        multi = any(os.environ.get(k) for k in _MULTIHOST_ENV if k != "TPU_WORKER_HOSTNAMES") or "," in hosts
+        multi |= int(os.environ.get("SLURM_NTASKS", "1")) > 1 or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+        if not (mode == "on" or multi):
+            return
+        kwargs = {}
+    timeout = _env_int(INIT_TIMEOUT_ENV) if os.environ.get(INIT_TIMEOUT_ENV) else INIT_TIMEOUT_S
+    # Said first: when a peer never connects, jax ends this process itself (its own DEADLINE_EXCEEDED
+    # message, exit status 134) without raising, and this line tells which process waited for what.
+    where = (f"process {kwargs['process_id']} of {kwargs['num_processes']}, coordinator "
+             f"{kwargs['coordinator_address']}" if kwargs else "process ids from the cluster's environment")
+    print(f"jax.distributed: {where}; waiting up to {timeout} s for every process to connect",
+          file=sys.stderr, flush=True)
+    try:
+        jax.distributed.initialize(**kwargs, initialization_timeout=timeout,
+                                   heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+                                   shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001 - jax raises XlaRuntimeError / RuntimeError with a long status text
+        raise ValueError(f"jax.distributed.initialize failed ({where}; are all processes started, with one "
+                         f"{NUM_PROCESSES_ENV} and distinct {PROCESS_ID_ENV}?): {' '.join(str(e).split())[:400]}"
+                         ) from None
+    if given is not None and jax.process_count() != given[1]:
+        raise ValueError(f"{NUM_PROCESSES_ENV}={given[1]}, but the job has {jax.process_count()} processes")
 
 
 def _host(tree):
@@ -53,6 +115,9 @@ def _host(tree):
 RESUMABLE_CHANGES = ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "async_checkpoint",
                      "wandb", "distributed", "workdir", "mesh", "remat", "data.num_parallel_calls",
                      "data.prefetch")
+# Keys added to the config after runs were saved with the older code: absent from such a run's
+# config.json, they may appear on resume with the value that does what the older code did.
+ADDED_KEYS = {"student.expert_map": ("same",), "teacher.preset": ("", "data"), "data.num_streams": (None, 0)}
 CONFIG_FILE = "config.json"
 _ABSENT = "<absent>"
 
@@ -75,6 +140,7 @@ def config_changes(old: dict, new: dict) -> tuple[dict, dict]:
         va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
         if va != vb:
             free = any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES)
+            free |= va == _ABSENT and vb in ADDED_KEYS.get(key, ())
             (allowed if free else refused)[key] = (va, vb)
     return refused, allowed
 
@@ -163,6 +229,7 @@ def run(config, workdir, *, max_steps: int | None = None, progress: bool = True,
                       f"next to {workdir / CONFIG_FILE}")
 
         spec = build.run_spec(config)
+        record = build.student_record(config)  # what the student is served with
         mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
         sharding.check_batch_divisible(config.batch_size, mesh)
         rng = jax.random.PRNGKey(config.seed)
@@ -183,12 +250,26 @@ def run(config, workdir, *, max_steps: int | None = None, progress: bool = True,
             print(f"resumed from {ckpts.directory} at step {start}")
         start = start or 0
 
-        data_cfg = dict(config.data.to_dict(), batch_size=config.batch_size // jax.process_count(),
+        # One data stream per device unless data.num_streams says otherwise: the global batch is then the
+        # same however the devices are spread over processes (1 × 8 or 2 × 4 see the same examples).
+        num_streams = config.data.num_streams or mesh.devices.size
+        if config.batch_size % num_streams:
+            raise ValueError(f"batch_size ({config.batch_size}) must be a multiple of data.num_streams "
+                             f"({num_streams}{'' if config.data.num_streams else ', one per device'})")
+        streams = sharding.process_streams(mesh, num_streams)
+        data_cfg = dict(config.data.to_dict(), batch_size=config.batch_size // num_streams * len(streams),
+                        num_streams=num_streams,
                         seed=int(config.data.seed) + start)  # a resumed run continues on fresh batches
-        data = make_dataset(data_cfg, train=True)
+        data = make_dataset(data_cfg, train=True, streams=streams)
         batch = sharding.global_batch(next(data), mesh)  # bad data fails here, before any compile
         if state is None:
-            state = jax.jit(fresh_state, out_shardings=st_sh)()
+            if teacher_params is None:
+                state = jax.jit(fresh_state, out_shardings=st_sh)()
+            else:
+                # Built outside this jit (initial_student jits with the teacher as an argument): on several
+                # processes the teacher spans devices no process addresses, which jit cannot close over.
+                student = build.initial_student(config, spec, teacher_params, init_rng)
+                state = jax.jit(lambda p: ts.init_state(p, tx, ema), out_shardings=st_sh)(student)
         # Only now (the student is built from it) is the float32 teacher replaced by its compute-dtype copy.
         if teacher_params is not None:
             teacher_params = build.teacher_compute_params(teacher_params, spec)
@@ -249,9 +330,10 @@ def run(config, workdir, *, max_steps: int | None = None, progress: bool = True,
         student_dir = workdir / cli.RUN_STUDENT  # where the commands look for a run's student
         export_student(params, student_dir, spec.student_cfg.to_dict(),
                        spec.layer_map.to_dict() if spec.layer_map else None,
-                       config.data.norm_stats_path, config.teacher.params or None)
+                       config.data.norm_stats_path, config.teacher.params or None, record=record)
         if is_main:
-            print(f"student written to {student_dir} (params/ in openpi layout, assets/, layer_map.json)")
+            print(f"student written to {student_dir} (params/ in openpi layout, assets/, layer_map.json, "
+                  "policy_record.json)")
     return last, state
 
 

@@ -77,6 +77,19 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 
 
+def process_streams(mesh: Mesh, num_streams: int) -> tuple[int, ...]:
+    """The data streams whose examples land on this process's devices, in global batch order.
+
+    Stream j fills rows [j b, (j + 1) b) of the global batch (b = B / num_streams); this process
+    passes exactly those rows to `global_batch` (jax orders a process's rows by their global index,
+    also when a pod's mesh does not give a process one contiguous block)."""
+    n = mesh.devices.size
+    if num_streams % n:
+        raise ValueError(f"data.num_streams: expected a multiple of the number of devices ({n}), got {num_streams}")
+    rows = batch_sharding(mesh).addressable_devices_indices_map((num_streams,))
+    return tuple(sorted({j for (s,) in rows.values() for j in range(*s.indices(num_streams))}))
+
+
 def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
     n = mesh.shape[DATA] * mesh.shape[FSDP]
     if global_batch_size % n:

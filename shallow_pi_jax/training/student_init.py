@@ -1,9 +1,13 @@
 """Initialise a shallow student from an openpi teacher by picking teacher layers.
 
 Every leaf under `PaliGemma/llm/layers/` is a layer stack (axis 0 = layer) holding the Gemma
-backbone and, with the `_1` suffix, the action expert; LoRA leaves live there too. The student
-takes the same teacher layers for all of them. Every other leaf (SigLIP, embedder, final norms,
-action/time heads) is carried over unchanged: the student's depth only changes the layer stacks.
+backbone and, with the `_1` suffix, the action expert. The student takes the same teacher layers
+for both, unless its LayerMap gives the expert a list of its own (LayerMap.rows). A LoRA
+fine-tuned teacher read from disk arrives merged (openpi_params and ParamsReader merge its LoRA
+pairs on reading); a tree in memory that still has LoRA pairs gets them merged into the
+student's weights here, so a student never carries LoRA leaves. Every other leaf (SigLIP,
+embedder, final norms, action/time heads) is carried over unchanged: the student's depth only
+changes the layer stacks.
 
     from shallow_pi_jax.training.layer_map import make_layer_map
     lm = make_layer_map(teacher_depth(params), 6)             # [0, 3, 7, 10, 14, 17] for 18 layers
@@ -21,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shallow_pi_jax.checkpoint import lora
 from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
 from shallow_pi_jax.checkpoint.openpi_params import (
     flatten_params,
@@ -60,44 +65,56 @@ def stack_depth(shapes: Mapping[str, tuple[int, ...]]) -> int:
     return next(iter(depths))
 
 
-def _indices(layers: LayerMap | Sequence[int], depth: int) -> tuple[int, ...]:
+def _layer_map(layers: LayerMap | Sequence[int], depth: int) -> LayerMap:
+    """`layers` as a LayerMap for a teacher of `depth` layers (a plain list maps both stacks alike)."""
     if isinstance(layers, LayerMap):
         if layers.teacher_depth != depth:
             raise ValueError(
                 f"layer map: built for teacher depth {layers.teacher_depth}, but the teacher has {depth} layers")
-        return layers.indices
+        return layers
     indices = tuple(int(i) for i in layers)
     validate_layer_map(indices, depth, len(indices))
-    return indices
+    return LayerMap(depth, indices)
 
 
 def student_shapes(teacher: Mapping, layers: LayerMap | Sequence[int]) -> dict:
     """Tree of jax.ShapeDtypeStruct of the student (teacher leaves may be arrays or ShapeDtypeStructs)."""
     flat = flatten_params(teacher)
-    idx = _indices(layers, stack_depth({p: tuple(x.shape) for p, x in flat.items()}))
+    lmap = _layer_map(layers, stack_depth({p: tuple(x.shape) for p, x in flat.items()}))
+    pairs = lora.find_pairs({p: tuple(x.shape) for p, x in flat.items()})
+    merged = {p for pair in pairs.values() for p in (pair.a, pair.b)}
     return unflatten_params({
-        p: jax.ShapeDtypeStruct(((len(idx),) + tuple(x.shape[1:])) if is_layer_leaf(p) else tuple(x.shape), x.dtype)
-        for p, x in flat.items()})
+        p: jax.ShapeDtypeStruct((lmap.student_depth, *x.shape[1:]) if is_layer_leaf(p) else tuple(x.shape), x.dtype)
+        for p, x in flat.items() if p not in merged})
 
 
 def student_params(teacher: Mapping, layers: LayerMap | Sequence[int], *, expected: Mapping | None = None) -> dict:
     """Teacher params -> student params (pure function).
 
-    Layer stacks keep the rows `layers` of axis 0 (backbone and expert alike); every other leaf is
-    the teacher's own object, not a copy. numpy leaves stay numpy; jax.Arrays are indexed on their
-    devices, keeping their NamedSharding (axis 0 falls back to replicated when the student depth
-    does not divide over its mesh axes), so nothing is gathered onto one host.
+    Each layer stack keeps the rows of axis 0 that `layers` gives its stack (LayerMap.rows:
+    backbone or expert); every other leaf is the teacher's own object, not a copy. numpy leaves
+    stay numpy; jax.Arrays are indexed on their devices, keeping their NamedSharding (axis 0 falls
+    back to replicated when the student depth does not divide over its mesh axes), so nothing is
+    gathered onto one host. LoRA pairs still in the tree are merged after the layers are picked
+    (each layer merges on its own, so the result is the student of the merged teacher), with
+    openpi's alphas.
     `expected`, if given, is checked with validate_params (e.g. the student model's eval_shape).
     """
     flat = flatten_params(teacher)
-    idx = _indices(layers, stack_depth({p: tuple(np.shape(x)) for p, x in flat.items()}))
+    lmap = _layer_map(layers, stack_depth({p: tuple(np.shape(x)) for p, x in flat.items()}))
     out = dict(flat)
-    on_device = {p: x for p, x in flat.items() if is_layer_leaf(p) and isinstance(x, jax.Array)}
+    on_device: dict[tuple[int, ...], dict[str, jax.Array]] = {}
     for p, x in flat.items():
-        if is_layer_leaf(p) and not isinstance(x, jax.Array):
-            out[p] = np.take(np.asarray(x), idx, axis=0)
-    if on_device:
-        out.update(_take_on_device(on_device, idx))
+        if not is_layer_leaf(p):
+            continue
+        if isinstance(x, jax.Array):
+            on_device.setdefault(lmap.rows(p), {})[p] = x
+        else:
+            out[p] = np.take(np.asarray(x), lmap.rows(p), axis=0)
+    for idx, leaves in on_device.items():  # one gather per stack map (one when both stacks share it)
+        out.update(_take_on_device(leaves, idx))
+    # Only the student's own copies are merged (the layer stacks), never a teacher array in place.
+    out, _ = lora.merge_lora(out)
     student = unflatten_params(out)
     if expected is not None:
         validate_params(student, expected)
@@ -135,6 +152,6 @@ def iter_student_leaves(reader: ParamsReader, layers: LayerMap | Sequence[int],
 
     Memory at any time is one student leaf plus the teacher storage chunks it is read from.
     """
-    idx = _indices(layers, stack_depth({p: tuple(s.shape) for p, s in reader.shapes.items()}))
+    lmap = _layer_map(layers, stack_depth({p: tuple(s.shape) for p, s in reader.shapes.items()}))
     for p in reader.paths:
-        yield p, reader.read(p, layers=idx if is_layer_leaf(p) else None, dtype=dtype)
+        yield p, reader.read(p, layers=lmap.rows(p) if is_layer_leaf(p) else None, dtype=dtype)

@@ -1,4 +1,5 @@
-"""The ablation: arms map to the intended losses/inits, pooled CIs, and `--quick` end to end + resume."""
+"""The ablation: arms map to the intended losses/inits/maps, pooled CIs, paired differences to `full`
+(bootstrap and exact McNemar), and `--quick` end to end + resume."""
 import json
 import os
 import pathlib
@@ -7,9 +8,10 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import pytest
 
-from shallow_pi_jax.ablation import report
+from shallow_pi_jax.ablation import paired, report
 from shallow_pi_jax.ablation import run as ablation
 from shallow_pi_jax.eval.closed_loop import wilson_interval
 from shallow_pi_jax.training.config import demo_model
@@ -29,21 +31,23 @@ def teacher_dir(tmp_path):
 
 def test_arms_set_the_intended_losses_layers_and_init(teacher_dir, tmp_path):
     cfg = ablation.AblationConfig(out=str(tmp_path), steps=60, overrides=("batch_size=4", "loss.task=2.0"))
-    expect = {  # arm: (velocity_kd, attention_kd, attn_layer, attn_queries, init, layer_map)
-        "task_only": (0, 0, "middle", "action", "teacher", "uniform"),
-        "kd": (1, 0, "middle", "action", "teacher", "uniform"),
-        "full": (1, 1, "middle", "action", "teacher", "uniform"),
-        "attn_initial": (1, 1, "initial", "action", "teacher", "uniform"),
-        "attn_late": (1, 1, "late", "action", "teacher", "uniform"),
-        "attn_all": (1, 1, "middle", "all", "teacher", "uniform"),
-        "scratch": (0, 0, "middle", "action", "scratch", "uniform"),
-        "first": (1, 1, "middle", "action", "teacher", "first"),
+    expect = {  # arm: (velocity_kd, attention_kd, attn_layer, attn_queries, init, layer_map, expert_map)
+        "task_only": (0, 0, "middle", "action", "teacher", "uniform", "same"),
+        "kd": (1, 0, "middle", "action", "teacher", "uniform", "same"),
+        "full": (1, 1, "middle", "action", "teacher", "uniform", "same"),
+        "attn_initial": (1, 1, "initial", "action", "teacher", "uniform", "same"),
+        "attn_late": (1, 1, "late", "action", "teacher", "uniform", "same"),
+        "attn_all": (1, 1, "middle", "all", "teacher", "uniform", "same"),
+        "scratch": (0, 0, "middle", "action", "scratch", "uniform", "same"),
+        "first": (1, 1, "middle", "action", "teacher", "first", "same"),
+        "published": (1, 1, "middle", "action", "teacher", "first", "uniform"),
     }
-    for arm, (vkd, akd, layer, queries, init, lmap) in expect.items():
+    assert set(expect) | {"untrained"} == set(ablation.ARMS)
+    for arm, (vkd, akd, layer, queries, init, lmap, emap) in expect.items():
         c = ablation.arm_config(cfg, arm, 6, seed=2, teacher_dir=teacher_dir)
         got = (c.loss.velocity_kd, c.loss.attention_kd, c.loss.attn_layer, c.loss.attn_queries, c.student.init,
-               c.student.layer_map)
-        assert got == (vkd, akd, layer, queries, init, lmap), arm
+               c.student.layer_map, c.student.expert_map)
+        assert got == (vkd, akd, layer, queries, init, lmap, emap), arm
         # same budget for every arm; overrides applied; the teacher's own sizes and stats
         assert (c.num_steps, c.optim.decay_steps, c.optim.warmup_steps) == (60, 60, 4)
         assert (c.batch_size, c.loss.task, c.seed, c.data.seed, c.student.depth) == (4, 2.0, 2, 2, 6)
@@ -90,6 +94,81 @@ def test_summary_pools_seeds_with_a_wilson_interval_and_writes_the_report(tmp_pa
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == json.loads(json.dumps(obj["rows"]))
 
 
+def test_mcnemar_exact_p_values():
+    # p = 2·P[Binomial(b + c, 1/2) <= min(b, c)], capped at 1
+    assert paired.mcnemar_exact(0, 10) == pytest.approx(2 / 2 ** 10, rel=1e-12)
+    assert paired.mcnemar_exact(3, 12) == pytest.approx(2 * (1 + 15 + 105 + 455) / 2 ** 15, rel=1e-12)
+    assert paired.mcnemar_exact(12, 3) == paired.mcnemar_exact(3, 12)
+    assert paired.mcnemar_exact(1, 5) == pytest.approx(2 * 7 / 64, rel=1e-12)  # 0.21875, not the χ² 0.10
+    assert paired.mcnemar_exact(5, 5) == 1.0 and paired.mcnemar_exact(0, 0) == 1.0
+    with pytest.raises(ValueError, match="non-negative integer"):
+        paired.mcnemar_exact(-1, 3)
+
+
+def test_paired_bootstrap_sees_a_difference_two_wilson_intervals_miss():
+    # One seed each, same 200 episodes: the arm fails 12 episodes `ref` solves and is otherwise identical.
+    ref = np.zeros(200)
+    ref[:170] = 1
+    arm = ref.copy()
+    arm[:12] = 0
+    r = paired.paired_bootstrap(arm[None], ref[None], reps=4000, seed=1)
+    assert r["diff"] == pytest.approx(-0.06, abs=1e-12)
+    # resampling episodes flips Binomial(200, 0.06) of them: sd √(.06·.94/200) = 0.0168
+    assert r["ci"][0] == pytest.approx(-0.06 - 1.96 * 0.0168, abs=0.008)
+    assert r["ci"][1] == pytest.approx(-0.06 + 1.96 * 0.0168, abs=0.008)
+    assert r["ci"][1] < 0  # paired: a real difference
+    lo_a, hi_a = wilson_interval(158, 200)
+    lo_r, hi_r = wilson_interval(170, 200)
+    assert lo_r < hi_a  # unpaired, the two intervals overlap
+    with pytest.raises(ValueError, match="share their episodes"):
+        paired.paired_bootstrap(arm[None, :100], ref[None])
+    with pytest.raises(ValueError, match="0/1 outcomes"):
+        paired.paired_bootstrap(arm[None] * 0.5, ref[None])
+
+
+def test_paired_bootstrap_covers_the_true_difference_with_seed_variance():
+    rng = np.random.default_rng(7)
+    hits, n = 0, 60
+    for k in range(n):
+        p = rng.uniform(0.6, 0.9, 200)  # per-episode difficulty, shared by both arms (the pairing)
+        ref = rng.random((5, 200)) < p + rng.normal(0, 0.03, (5, 1))  # 5 training seeds, each its own offset
+        arm = rng.random((5, 200)) < p - 0.05 + rng.normal(0, 0.03, (5, 1))
+        ci = paired.paired_bootstrap(arm, ref, reps=500, seed=k)["ci"]
+        hits += ci[0] <= -0.05 <= ci[1]
+    assert hits >= 0.9 * n
+
+
+def _with_episodes(r, outcomes, first_seed=100_000):
+    return {**r, "successes": int(sum(outcomes)), "episodes": len(outcomes), "success_rate": float(np.mean(outcomes)),
+            "per_episode": [{"seed": first_seed + i, "success": bool(o), "touched": 0, "steps": 5}
+                            for i, o in enumerate(outcomes)]}
+
+
+def test_report_pairs_each_arm_with_full_and_marks_results_without_episodes(tmp_path):
+    (tmp_path / "results").mkdir()
+    full = [1] * 30 + [0] * 10
+    runs = [_with_episodes(fake_result(6, "full", s, 0), full) for s in (0, 1)]
+    runs += [_with_episodes(fake_result(6, "first", s, 0), [1] * 40) for s in (0, 1)]  # +10 episodes each
+    runs += [_with_episodes(fake_result(6, "kd", 0, 0), full[:-1] + [1])]  # one episode better
+    runs += [fake_result(6, "task_only", 0, 20)]  # an old result: no per-episode outcomes
+    runs[0]["layer_map"] = runs[1]["layer_map"] = {"indices": [0, 3], "expert_indices": [0, 3]}
+    runs[2]["layer_map"] = runs[3]["layer_map"] = {"indices": [0, 1], "expert_indices": [0, 3]}
+    for i, r in enumerate(runs):
+        (tmp_path / "results" / f"{i}.json").write_text(json.dumps(r))
+    rows = {r["arm"]: r for r in report.report(tmp_path)["rows"]}
+    first = rows["first"]["vs_full"]
+    assert first["diff"] == pytest.approx(0.25) and first["real"] and first["ci95"][0] > 0
+    assert first["discordant"] == [20, 0] and first["matched_seeds"] == [0, 1]
+    assert first["mcnemar_p"] == pytest.approx(2 / 2 ** 20)
+    kd = rows["kd"]["vs_full"]
+    assert kd["diff"] == pytest.approx(0.025) and not kd["real"] and kd["mcnemar_p"] == 1.0
+    assert rows["full"]["vs_full"] is None and rows["task_only"]["vs_full"] is None
+    assert rows["first"]["layer_map"] == {"backbone": [0, 1], "expert": [0, 3]}
+    md = (tmp_path / "results.md").read_text()
+    assert "| 0,1 / 0,3 |" in md and "| 0,3 (both) |" in md
+    assert "**+25.0 (" in md and "n/a: no per-episode outcomes" in md and "| reference |" in md
+
+
 def test_quick_ablation_runs_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "abl"
     # The demo dataset cache is validated and built atomically, so tests may share one across runs.
@@ -123,3 +202,13 @@ def test_quick_ablation_runs_end_to_end_and_resumes(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "3/3 results already done; 0 to run" in p.stdout
     assert time.time() - t0 < first / 2
+
+    # --evaluate (the README's command for the main job's number) on a student gives the arm's own result:
+    # same protocol, same episodes, same per-episode outcomes.
+    student = out / "runs" / "L6_full_s0" / "student"
+    p = subprocess.run([*cmd[:4], "--evaluate", str(student), "--out", str(tmp_path / "one")], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "closed_loop.json").read_text())
+    assert one["per_episode"] == full["per_episode"] and one["successes"] == full["successes"]
+    assert f"({full['successes']}/20 episodes, reset seeds 100000–100019;" in p.stdout

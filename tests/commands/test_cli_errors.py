@@ -129,6 +129,8 @@ def bad_cases(d, forms):
         "bench_data": ("shallow_pi_jax.bench_data", ["--data-dir", m, "--dataset", "x", "--norm-stats", m,
                                                      "--tokenizer", m], ["--data-dir", m], []),
         "ablation": ("shallow_pi_jax.ablation", ["--out", t / "o13", "--teacher", m], [m], [t / "o13"]),
+        "launch": ("shallow_pi_jax.launch", ["--processes", "0", "--", "--workdir", t / "o14"], ["--processes", "0"],
+                   [t / "o14"]),
     }
 
 
@@ -144,7 +146,7 @@ def results(dirs, policy_forms):
 
 CASES = ["make_student", "export_torch", "export_torch_bad_layer_map", "export_onnx", "export_checkpoint", "evaluate",
          "layer_similarity", "openpi_parity", "compute_norm_stats", "make_demo_dataset", "aot_compile",
-         "bench_inference", "bench_train", "bench_export", "bench_data", "ablation"]
+         "bench_inference", "bench_train", "bench_export", "bench_data", "ablation", "launch"]
 
 
 @pytest.mark.parametrize("name", CASES)

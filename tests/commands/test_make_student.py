@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from shallow_pi_jax import cli
 from shallow_pi_jax import make_student as tool
+from shallow_pi_jax.checkpoint import lora
 from shallow_pi_jax.checkpoint import openpi_params as C
 from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
 from shallow_pi_jax.training import student_init as S
@@ -72,18 +73,33 @@ def test_identity_map_is_the_teacher(fixture_dir):
         np.testing.assert_array_equal(student[p], teacher[p], err_msg=p)
 
 
-def test_lora_leaves_are_mapped():
+def test_lora_tree_in_memory_gives_the_merged_student():
+    """LoRA pairs still in a teacher tree are merged into the student: the student of the merged
+    teacher, numpy or sharded, and no LoRA leaves (trees read from disk arrive merged already)."""
     teacher = _teacher(FIXTURES / "pi0")
     rng = np.random.default_rng(0)
-    lora = {
-        "PaliGemma/llm/layers/attn/q_einsum/lora_a": rng.normal(size=(18, 4, 64, 2)).astype(np.float32),
-        "PaliGemma/llm/layers/attn/q_einsum_1/lora_b": rng.normal(size=(18, 4, 2, 16)).astype(np.float32),
-        "PaliGemma/llm/layers/mlp_1/gating_einsum_lora_a": rng.normal(size=(18, 2, 32, 2)).astype(np.float32),
-    }
-    teacher.update(lora)
-    student = C.flatten_params(S.student_params(C.unflatten_params(teacher), [1, 8, 16]))
-    _assert_student(teacher, student, (1, 8, 16))
-    assert student["PaliGemma/llm/layers/attn/q_einsum/lora_a"].shape == (3, 4, 64, 2)
+    for path, rank in (("PaliGemma/llm/layers/attn/q_einsum", 16), ("PaliGemma/llm/layers/mlp_1/linear", 3)):
+        w = teacher[f"{path}/w" if "einsum" in path else path]
+        a, b = (f"{path}/lora_a", f"{path}/lora_b") if "einsum" in path else (f"{path}_lora_a", f"{path}_lora_b")
+        teacher[a] = rng.normal(size=w.shape[:-1] + (rank,)).astype(np.float32)
+        teacher[b] = rng.normal(size=w.shape[:-2] + (rank, w.shape[-1])).astype(np.float32)
+    merged, n = lora.merge_lora(teacher)
+    assert n == 2
+    indices = (1, 8, 16)
+    want = C.flatten_params(S.student_params(C.unflatten_params(merged), indices))
+    _assert_student(merged, want, indices)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("fsdp",))
+    sharded = {p: jax.device_put(x, NamedSharding(mesh, P())) for p, x in teacher.items()}
+    for tree in (teacher, sharded):
+        student = C.flatten_params(S.student_params(C.unflatten_params(tree), indices))
+        assert sorted(student) == sorted(want)
+        for p in want:
+            np.testing.assert_allclose(np.asarray(student[p]), want[p], rtol=1e-6, atol=1e-6, err_msg=p)
+    # the teacher's arrays are untouched (not merged in place, not donated)
+    np.testing.assert_array_equal(np.asarray(sharded["PaliGemma/llm/layers/attn/q_einsum/w"]),
+                                  teacher["PaliGemma/llm/layers/attn/q_einsum/w"])
+    shapes = C.flatten_params(S.student_shapes(C.unflatten_params(teacher), indices))
+    assert {p: s.shape for p, s in shapes.items()} == {p: x.shape for p, x in want.items()}
 
 
 def test_sharded_teacher_stays_sharded():

@@ -1,4 +1,5 @@
-"""eval/layer_similarity: the layer-by-layer pass is the model's, and an identity layer scores 1."""
+"""eval/layer_similarity: the layer-by-layer pass is the model's; an identity layer scores cos 1 and update 0;
+the read-out after every layer is the model's own velocity."""
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,7 @@ def test_layer_by_layer_pass_matches_velocity(pi05):
     np.testing.assert_allclose(v_t, want, atol=1e-5)
 
 
-def test_identity_layer_has_cosine_one_and_others_do_not():
+def test_identity_layer_has_cosine_one_and_others_do_not(tmp_path):
     cfg = tiny_config(depth=3)
     params = random_params(cfg, seed=4)
     layers = params["PaliGemma"]["llm"]["layers"]
@@ -54,5 +55,19 @@ def test_identity_layer_has_cosine_one_and_others_do_not():
     assert res["backbone"][0] < 0.999 and res["expert"][0][0] < 0.999
     # The expert's similarity depends on t; the backbone's cannot (the prefix never sees the suffix).
     assert abs(res["expert"][0][2] - res["expert"][1][2]) > 1e-6
+    # update size: 0 for the identity layer, > 0 elsewhere; the same layer in both stacks
+    np.testing.assert_allclose(res["backbone_update"][1], 0.0, atol=1e-6)
+    np.testing.assert_allclose([e[1] for e in res["expert_update"]], 0.0, atol=1e-6)
+    assert res["backbone_update"][0] > 1e-3 and min(e[0] for e in res["expert_update"]) > 1e-3
+    # cos(h_l, h_L): 1 at l = L, and layer 1 changes nothing, so h_1 and h_2 are equally far from h_L
+    assert len(res["backbone_to_final"]) == 4 and len(res["expert_to_final"][0]) == 4
+    np.testing.assert_allclose([res["backbone_to_final"][3]] + [e[3] for e in res["expert_to_final"]], 1.0, atol=1e-6)
+    np.testing.assert_allclose(res["backbone_to_final"][1], res["backbone_to_final"][2], atol=1e-6)
+    # the read-out after all layers is v_t itself; after 1 and 2 layers the same (layer 1 is identity)
+    for e in res["expert_readout"]:
+        assert len(e) == 4 and abs(e[3]) < 1e-5 and e[0] > 1e-3
+        np.testing.assert_allclose(e[1], e[2], rtol=1e-5)
     table = layer_similarity.format_table(res)
-    assert table.count("\n") == 2 + 3 and "expert t=0.1" in table
+    assert table.count("\n") == 2 + 3 and "expert cos t=0.1" in table and "readout err t=1" in table
+    layer_similarity.plot(res, tmp_path / "layers.png", "tiny")
+    assert (tmp_path / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

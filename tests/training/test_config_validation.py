@@ -115,19 +115,23 @@ def test_every_leaf_of_every_experiment_can_be_overridden():
 
 
 def test_readme_real_job_command_parses_and_validates(tmp_path):
-    """The README's real run, with its paths made to exist here."""
-    block = (REPO / "README.md").read_text()
-    overrides = [f"--config.{k}={v.strip(chr(39))}" for k, v in OVERRIDE.findall(block)
-                 if k in ("teacher.params", "data.datasets", "data.norm_stats_path", "data.tokenizer_path")]
-    overrides = [o.replace("=/", f"={tmp_path}/").replace('"data_dir": "/', f'"data_dir": "{tmp_path}/')
-                 for o in overrides]
-    c = parse(*overrides)
-    for value in (c.teacher.params, c.data.norm_stats_path, c.data.datasets[0]["data_dir"]):
-        pathlib.Path(value).mkdir(parents=True)
-    pathlib.Path(c.data.tokenizer_path).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(c.data.tokenizer_path).write_bytes(b"")
+    """The README's real run (its --config file and overrides), with its paths made to exist here."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## The real job"):]
+    section = section[:section.index("\n## ")]
+    command = section[section.index("python -m shallow_pi_jax.train"):].split("\n# ")[0]
+    spec = re.search(r"--config (\S+)", command).group(1)
+    assert spec == "experiments/pi05_libero.py"
+    overrides = [f"--config.{k}={v.strip(chr(39))}".replace("=/", f"={tmp_path}/")
+                 for k, v in OVERRIDE.findall(command)]
+    c = parse(*overrides, spec=str(REPO / spec))
+    pathlib.Path(c.teacher.params).mkdir(parents=True)
+    for value in (c.data.norm_stats_path, c.data.tokenizer_path):
+        pathlib.Path(value).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(value).write_bytes(b"")
     train_config.validate(c)
-    assert c.data.datasets[0]["name"] == "libero_10_no_noops" and c.data.datasets[0]["mapping"] == "libero"
+    assert [d["name"] for d in c.data.datasets] == [f"libero_{s}_no_noops" for s in ("spatial", "object", "goal", "10")]
+    assert c.teacher.preset == "pi05_libero" and c.data.discrete_state_input is False
 
 
 def test_experiment_configs_are_valid():
@@ -190,7 +194,7 @@ def test_velocity_kd_without_a_teacher_is_refused():
     ((), r"config\.data\.datasets: expected at least one dataset, got none"),
     (({"name": "", "mapping": "libero"},), r"config\.data\.datasets\[0\]\.name: expected a tfds dataset name, got ''"),
     (({"name": "a", "mapping": "nope"},), r"config\.data\.datasets\[0\]\.mapping: unknown name 'nope' \(expected one "
-                                          r"of \['droid', 'droid_velocity', 'libero'\]"),
+                                          r"of \['droid', 'droid_velocity', 'lerobot_libero', 'libero'\]"),
     (({"name": "a"}, {"name": "b", "weight": -1.0}), r"config\.data\.datasets\[1\]\.weight: expected a number > 0, "
                                                      r"got -1\.0"),
     (({"name": "a", "weights": 1.0},), r"config\.data\.datasets\[0\]\.weights: unknown field"),

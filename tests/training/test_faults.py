@@ -25,6 +25,7 @@ import pytest
 
 from shallow_pi_jax.data import norm_stats as ns
 from shallow_pi_jax.data import synthetic
+from shallow_pi_jax.training import loop
 
 pytestmark = pytest.mark.slow
 
@@ -341,3 +342,13 @@ def test_force_resumes_with_a_changed_config_and_keeps_the_old_one(runs):
     assert (wd / "config.json.1").read_bytes() == before
     assert json.loads((wd / "config.json").read_text())["data"]["shuffle_buffer"] == 32
     assert complete_steps(wd)[-1] == 5
+
+
+def test_a_key_added_since_the_run_was_saved_resumes_only_at_the_older_behaviour():
+    old = {"student": {"depth": 6, "layer_map": "uniform"}, "num_steps": 10}
+    new = {"student": {"depth": 6, "layer_map": "uniform", "expert_map": "same"}, "num_steps": 20}
+    refused, allowed = loop.config_changes(old, new)
+    assert refused == {} and set(allowed) == {"num_steps", "student.expert_map"}
+    new["student"]["expert_map"] = "uniform"  # a change of what is trained is still refused
+    refused, _ = loop.config_changes(old, new)
+    assert refused == {"student.expert_map": ("<absent>", "uniform")}

@@ -105,8 +105,8 @@ def test_three_distillation_steps_on_a_simulated_8_device_mesh(assets, tmp_path)
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path, monkeypatch):
     real = loop.make_dataset
 
-    def poisoned(cfg, train=True):
-        it = real(cfg, train)
+    def poisoned(cfg, train=True, **kw):
+        it = real(cfg, train, **kw)
         for i, b in enumerate(it):
             if i == 3:  # the batch of step 4
                 b = dict(b, actions=np.full_like(b["actions"], np.nan))
