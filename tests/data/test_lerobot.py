@@ -7,7 +7,7 @@ meta/stats.json and data/chunk-000/episode_00000N.parquet with images as struct 
 a video variant (v2.1, dtype video, videos/chunk-000/<key>/episode_00000N.mp4). The layout test uses
 the published 256×256 images; elsewhere they are 32×32 (the shape info.json then states), to keep the
 pipeline tests fast. Pixels encode (episode, frame), so every output traces back to its frame and is
-checked against numpy on the raw arrays. Remote (gs://) reads use conftest.fake_gs.
+checked against numpy on the raw arrays. Remote (gs://) reads use the fake_gs fixture (tests/conftest.py).
 """
 import io
 import json
