@@ -53,8 +53,12 @@ def test_unroll_scans_same_result_no_loop():
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 5))
     w = jax.random.normal(jax.random.PRNGKey(1), (5, 5))
     g = costs.unroll_scans(f, x, w)
-    np.testing.assert_allclose(np.asarray(g(x, w)[0]), np.asarray(f(x, w)[0]), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(g(x, w)[1]), np.asarray(f(x, w)[1]), rtol=1e-6)
+    # The same float32 math, compiled as a loop body or as 4 unrolled copies: XLA may pick another dot
+    # kernel for each (this CPU's differ in the last bits, 1e-6 apart), so compare at the float32 parity
+    # tolerance, 1e-5 of the output's scale.
+    for got, want in zip(g(x, w), f(x, w)):
+        want = np.asarray(want)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5 * max(1.0, np.abs(want).max()))
     assert "while" in jax.jit(f).lower(x, w).as_text()
     assert "while" not in jax.jit(g).lower(x, w).as_text()
 
