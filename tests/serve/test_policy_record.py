@@ -13,18 +13,15 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import demo_data_with_stats
 
 from shallow_pi_jax import export_onnx, make_student, train
 from shallow_pi_jax.checkpoint import policy_dir, policy_record
-from shallow_pi_jax.data import norm_stats
-from shallow_pi_jax.data.compute_stats import compute
-from shallow_pi_jax.data.config import DataConfig
 from shallow_pi_jax.data.pipeline import make_dataset
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.serve.policy import load_checkpoint, load_policy
 from shallow_pi_jax.serve.presets import get_preset
 from shallow_pi_jax.serve.testing import random_params
-from shallow_pi_jax.sim.demo_dataset import build_demo_dataset
 from shallow_pi_jax.training import config as train_config
 
 REPO = pathlib.Path(__file__).parents[2]
@@ -36,13 +33,7 @@ def demo(tmp_path_factory):
     """Tiny demo data (its tokenizer, norm stats, one raw frame) and a 2-layer teacher per architecture,
     saved as openpi saves them: params only, no record (config.teacher.preset="data" names it)."""
     root = tmp_path_factory.mktemp("record")
-    ds = build_demo_dataset(root / "data", num_episodes=2, image_size=32)
-    c = train_config.distill_config(1, "size=tiny")
-    c.data.datasets[0]["data_dir"] = str(ds.data_dir)
-    c.data.tokenizer_path = str(ds.tokenizer_path)
-    dc = DataConfig.from_any(c.data)
-    stats = root / "norm_stats.json"
-    norm_stats.save(compute(dc, dc.datasets, progress=False), stats)
+    ds, stats = demo_data_with_stats(root, num_episodes=2, image_size=32)
     step = next(iter(tfds.builder(ds.name, data_dir=str(ds.data_dir)).as_dataset(split="train").take(1)))
     first = jax.tree.map(lambda x: x[0].numpy(), next(iter(step["steps"].batch(1))))
     raw = {"observation/image": first["observation"]["image"], "observation/wrist_image":

@@ -10,15 +10,12 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import demo_data_with_stats
 
 from shallow_pi_jax import train
 from shallow_pi_jax.checkpoint import openpi_params
-from shallow_pi_jax.data import norm_stats
-from shallow_pi_jax.data.compute_stats import compute
-from shallow_pi_jax.data.config import DataConfig
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.params import init_params, param_shapes
-from shallow_pi_jax.sim.demo_dataset import build_demo_dataset
 from shallow_pi_jax.training import config as train_config
 from shallow_pi_jax.training import loop
 from shallow_pi_jax.training.checkpoints import RunCheckpoints
@@ -32,15 +29,10 @@ REPO = pathlib.Path(__file__).parents[2]
 def assets(tmp_path_factory):
     """A small demo dataset, its norm stats and a random 18-layer tiny teacher in openpi's layout."""
     root = tmp_path_factory.mktemp("train_assets")
-    ds = build_demo_dataset(root / "data", num_episodes=16)
-    c = train_config.distill_config(6, "size=tiny")
-    c.data.datasets[0]["data_dir"] = str(ds.data_dir)
-    c.data.tokenizer_path = str(ds.tokenizer_path)
-    dc = DataConfig.from_any(c.data)
-    stats = root / "norm_stats.json"
-    norm_stats.save(compute(dc, dc.datasets, progress=False), stats)
+    ds, stats = demo_data_with_stats(root, num_episodes=16)
     teacher = root / "teacher" / "params"
-    params = init_params(ModelConfig.from_dict(c.model), jax.random.PRNGKey(3))
+    model = train_config.distill_config(6, "size=tiny").model
+    params = init_params(ModelConfig.from_dict(model), jax.random.PRNGKey(3))
     openpi_params.save_params(jax.device_get(params), teacher)
     return {"data_dir": str(ds.data_dir), "tokenizer": str(ds.tokenizer_path), "stats": str(stats),
             "teacher": str(teacher)}
