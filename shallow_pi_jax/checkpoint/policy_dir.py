@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
-from typing import Any
 
 import jax
 
@@ -109,16 +107,9 @@ def read(path, *, verify: bool = True) -> PolicyDir:
     if verify and params_dir.name == PARAMS:
         checksums.verify(root, hash_params=False)
     cfg_file, lm_file = root / MODEL_CONFIG, root / LAYER_MAP
-    config = ModelConfig.from_dict(_read_json(cfg_file)) if cfg_file.is_file() else None
-    layer_map = _read_json(lm_file) if lm_file.is_file() else None
+    config = ModelConfig.from_dict(fileio.read_json(cfg_file)) if cfg_file.is_file() else None
+    layer_map = fileio.read_json(lm_file) if lm_file.is_file() else None
     return PolicyDir(root, params_dir, config, layer_map, policy_record.read(root))
-
-
-def _read_json(path: pathlib.Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def write(out_dir, params, model_config: ModelConfig, *, layer_map: dict | None = None,
