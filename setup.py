@@ -25,7 +25,7 @@ setuptools.setup(
         "export": ["onnx", "onnxruntime"],
         "serve": ["openpi-client"],
         # libtpu (Linux x86-64 wheels only) lets the suite compile the train step for TPU topologies on a CPU host.
-        "test": ["pytest", "onnx", "onnxruntime", "ruff==0.17.6", "import-linter==2.17",
+        "test": ["pytest", "pytest-xdist", "onnx", "onnxruntime", "ruff==0.17.6", "import-linter==2.17",
                  "libtpu==0.0.42.1; sys_platform == 'linux' and platform_machine == 'x86_64'"],
         "tpu": ["jax[tpu]==0.10.2", "libtpu==0.0.42.1"],  # libtpu matching jax 0.10.2 (also the AOT TPU compiler)
     },

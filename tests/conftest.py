@@ -1,10 +1,25 @@
 """Test-wide setup. Simulate an 8-device host so sharding tests run on a CPU-only machine."""
 import os
 import pathlib
+import shutil
+import tempfile
 
 # Must happen before jax is imported anywhere in the test session.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the whole run: this process, the xdist workers (they inherit the
+# controller's environment) and every command a test starts. The same tiny model compiled by ten
+# subprocesses is compiled once. Made by the first process that loads this file; removed by it at the end.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="shallow_pi_jax_tests_xla_")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The embedded default's cache (the 3000-episode demo dataset, its norm stats, demo teachers), shared by
+# every test and command that uses it and kept between runs: built once (~70 s), validated on every use,
+# and built under a lock, so parallel workers wait for one build instead of each making their own.
+os.environ.setdefault("SHALLOW_PI_CACHE", os.environ.get(
+    "SHALLOW_PI_TEST_CACHE", os.path.join(tempfile.gettempdir(), "shallow_pi_jax_test_cache")))
 
 import importlib  # noqa: E402
 
@@ -13,7 +28,7 @@ from etils.epath import backend as epath_backend  # noqa: E402
 from etils.epath import gpath  # noqa: E402
 from fsspec.implementations.memory import MemoryFileSystem  # noqa: E402
 
-from shallow_pi_jax.data import norm_stats  # noqa: E402
+from shallow_pi_jax.data import norm_stats, synthetic  # noqa: E402
 from shallow_pi_jax.data.compute_stats import compute  # noqa: E402
 from shallow_pi_jax.data.config import DataConfig  # noqa: E402
 from shallow_pi_jax.sim.demo_dataset import build_demo_dataset  # noqa: E402
@@ -33,6 +48,13 @@ def demo_data_with_stats(root: pathlib.Path, **kwargs):
     stats = root / "norm_stats.json"
     norm_stats.save(compute(dc, dc.datasets, progress=False), stats)
     return ds, stats
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory) -> str:
+    """The tests' sentencepiece model (synthetic.train_tokenizer: the synthetic datasets' instructions,
+    PaliGemma's special ids): its path. Read-only for tests."""
+    return synthetic.train_tokenizer(str(tmp_path_factory.mktemp("tokenizer") / "tok.model"))
 
 
 @pytest.fixture(params=["pi0", "pi05"])
@@ -83,3 +105,26 @@ def fake_gs(monkeypatch):
     yield fake(skip_instance_cache=True)
     for cache in caches:
         cache.cache_clear()
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+# Test files that take longest (measured with --durations), longest first. pytest-xdist (-n 2 --dist
+# loadfile) hands whole files to its workers in collection order; starting the long ones first lets
+# both workers finish together instead of one waiting on the other's last long file.
+LONGEST_FIRST = [
+    "tests/test_docs.py", "tests/training/test_multiprocess.py", "tests/commands/test_ablation.py",
+    "tests/commands/test_pipeline.py", "tests/training/test_train.py", "tests/export/test_export_onnx.py",
+    "tests/perf/test_bench_inference.py", "tests/training/test_faults.py", "tests/serve/test_policy_record.py",
+    "tests/tools/test_libero.py", "tests/models/test_model_parity.py", "tests/data/test_lerobot.py",
+    "tests/export/test_export_torch.py", "tests/commands/test_make_student.py", "tests/serve/test_policy.py",
+    "tests/commands/test_demo_teacher.py", "tests/perf/test_compile_real_size.py", "tests/commands/test_cli_errors.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: file order kept

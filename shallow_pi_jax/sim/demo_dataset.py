@@ -24,6 +24,7 @@ evaluation uses, draw unrelated scenes.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import pathlib
@@ -210,13 +211,29 @@ def build_demo_dataset(data_dir=None, num_episodes: int = DEFAULT_EPISODES, seed
     info = _read_info(data_dir)
     if info is not None and info.get("params") == params:
         return DemoDataset(data_dir, info)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Two processes asking for the same build at once (two trainers started together, parallel test
+    # workers): the second waits for the first and takes its result instead of building it again. The
+    # lock is the parent directory itself, so nothing is left beside the dataset.
+    parent = os.open(data_dir.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(parent, fcntl.LOCK_EX)
+        info = _read_info(data_dir)
+        if info is not None and info.get("params") == params:
+            return DemoDataset(data_dir, info)
+        return _build(data_dir, params, config, overwrite, progress)
+    finally:
+        os.close(parent)  # releases the lock
+
+
+def _build(data_dir: pathlib.Path, params: dict, config: ReachConfig, overwrite: bool,
+           progress: Callable[[Iterator], Iterator] | None) -> DemoDataset:
     if data_dir.exists() and any(data_dir.iterdir()) and not overwrite:
-        what = "a demo dataset with other parameters" if info is not None else "other files"
+        what = "a demo dataset with other parameters" if _read_info(data_dir) is not None else "other files"
         raise ValueError(f"data_dir: {data_dir} holds {what}; pass overwrite=True (--overwrite) or another directory")
 
     import tensorflow_datasets as tfds
 
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = data_dir.parent / f".{data_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         stats: dict = {"steps": 0, "failed": 0}

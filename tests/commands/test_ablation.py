@@ -5,7 +5,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -15,8 +14,6 @@ from shallow_pi_jax.ablation import paired, report
 from shallow_pi_jax.ablation import run as ablation
 from shallow_pi_jax.eval.closed_loop import wilson_interval
 from shallow_pi_jax.training.config import demo_model
-
-pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).parents[2]
 
@@ -169,11 +166,10 @@ def test_report_pairs_each_arm_with_full_and_marks_results_without_episodes(tmp_
     assert "**+25.0 (" in md and "n/a: no per-episode outcomes" in md and "| reference |" in md
 
 
+@pytest.mark.slow
 def test_quick_ablation_runs_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "abl"
-    # The demo dataset cache is validated and built atomically, so tests may share one across runs.
-    cache = os.environ.get("SHALLOW_PI_TEST_CACHE", os.path.join(tempfile.gettempdir(), "shallow_pi_jax_test_cache"))
-    env = dict(os.environ, SHALLOW_PI_CACHE=cache)
+    env = dict(os.environ)  # the session's SHALLOW_PI_CACHE (conftest): the demo dataset other tests use too
     cmd = [sys.executable, "-m", "shallow_pi_jax.ablation", "--quick", "--out", str(out), "--no-progress"]
     t0 = time.time()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

@@ -25,9 +25,6 @@ from shallow_pi_jax.serve.policy import load_checkpoint
 from shallow_pi_jax.serve.presets import get_preset
 from shallow_pi_jax.serve.testing import tiny_config, write_tiny_checkpoint
 
-# Child processes that import jax, torch and TensorFlow: tens of seconds on 2 cores.
-pytestmark = pytest.mark.slow
-
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # One child process runs every case: argv, captured stdout/stderr, exit status -> a JSON file.
@@ -149,6 +146,7 @@ CASES = ["make_student", "export_torch", "export_torch_bad_layer_map", "export_o
          "bench_inference", "bench_train", "bench_export", "bench_data", "ablation", "launch"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input_is_one_line_error(name, results, dirs, policy_forms):
     _, _, names, leftovers = bad_cases(dirs, policy_forms)[name]
@@ -167,6 +165,7 @@ def _subprocess(*args, timeout=300):
                           timeout=timeout, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_real_process_and_verbose_traceback(dirs):
     """A real interpreter: exit status 1 and the one line; --verbose adds the traceback above it."""
     out = dirs["tmp"] / "v"
@@ -178,6 +177,7 @@ def test_real_process_and_verbose_traceback(dirs):
     assert r.stderr.strip().splitlines()[-1].startswith("error: params_dir:") and not out.exists()
 
 
+@pytest.mark.slow
 def test_train_bad_config(dirs):
     """Converted to cli.run by train.py's owner; fails until that lands."""
     out = dirs["tmp"] / "train_run"
@@ -185,6 +185,7 @@ def test_train_bad_config(dirs):
     assert_one_line_error(r.returncode, r.stderr, ["depth"], [out])
 
 
+@pytest.mark.slow
 def test_serve_missing_checkpoint(dirs):
     """Converted to cli.run by serve's owner; fails until that lands."""
     r = _subprocess("shallow_pi_jax.serve", "--checkpoint", dirs["missing"], "--env", "demo", "--port", "0")
@@ -211,6 +212,7 @@ def test_cli_run_statuses(capsys):
 FORMS = ("run", "student", "params", "openpi")
 
 
+@pytest.mark.slow
 def test_policy_path_resolves_a_run_only(policy_forms, dirs):
     assert cli.policy_path(policy_forms["run"]) == policy_forms["student"]
     for form in ("student", "params", "openpi"):
@@ -223,6 +225,7 @@ def test_policy_path_resolves_a_run_only(policy_forms, dirs):
         cli.policy_path(training)
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_export_torch_and_onnx_take_every_form(policy_forms, tmp_path):
     """The same safetensors from every form; export_onnx converts any form in memory to the same model."""
@@ -255,6 +258,7 @@ def test_export_torch_and_onnx_take_every_form(policy_forms, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_loads_every_form(policy_forms):
     """evaluate's loading of --checkpoint and --teacher: the same model and weights from every form."""
     preset = get_preset("demo")

@@ -9,8 +9,6 @@ from shallow_pi_jax.eval.closed_loop import evaluate
 from shallow_pi_jax.serve.policy import load_policy
 from shallow_pi_jax.training import config as train_config
 
-pytestmark = pytest.mark.slow
-
 
 def test_shipped_teacher_only_for_its_own_architecture(tmp_path, monkeypatch):
     monkeypatch.setenv("SHALLOW_PI_CACHE", str(tmp_path))
@@ -25,6 +23,7 @@ def test_shipped_teacher_only_for_its_own_architecture(tmp_path, monkeypatch):
     assert demo.demo_teacher(other) == built / "params"
 
 
+@pytest.mark.slow
 def test_shipped_teacher_solves_the_simulator():
     """The bundled teacher must really read the image and the instruction, through the serving path."""
     policy = load_policy(demo.PACKAGE_TEACHER, env="demo", num_steps=10)

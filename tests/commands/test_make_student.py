@@ -21,8 +21,6 @@ from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
 from shallow_pi_jax.training import student_init as S
 from shallow_pi_jax.training.layer_map import LayerMap, make_layer_map
 
-pytestmark = pytest.mark.slow
-
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 FIXTURES = REPO / "tests" / "fixtures" / "openpi_tiny"
@@ -155,6 +153,7 @@ def _teacher_checkpoint(tmp_path, variant="pi05"):
     return ckpt
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path):
     ckpt = _teacher_checkpoint(tmp_path)
     out = tmp_path / "students" / "l6"
@@ -218,6 +217,7 @@ def test_cli_mismatched_tree_and_existing_out(tmp_path, capsys):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cli_script_runs(tmp_path):
     """The file runs as a script (fresh interpreter) and prints its progress."""
     out = tmp_path / "l4"
@@ -229,6 +229,7 @@ def test_cli_script_runs(tmp_path):
     assert json.loads((out / "layer_map.json").read_text())["indices"] == [14, 15, 16, 17]
 
 
+@pytest.mark.slow
 def test_student_model_runs(fixture_dir):
     """The 6-layer student built by make_student is a valid tree for the student model and runs."""
     from shallow_pi_jax.models.config import ModelConfig

@@ -4,8 +4,8 @@ main job (distil, few steps) → make_student → export_torch → export_onnx �
 serve + openpi_client (one request, then closed loop on the simulator) → evaluate → bench_inference.
 
 Nothing is hand-made: every input is the previous command's output. The main job uses the embedded
-default's cache (~/.cache/shallow_pi_jax or $SHALLOW_PI_CACHE) as a user's run does; on a fresh
-machine the first run builds the demo dataset there once (~70 s).
+default's cache ($SHALLOW_PI_CACHE, which tests/conftest.py points at the test session's shared cache)
+as a user's run does; on a fresh machine the first run builds the demo dataset there once (~70 s).
 """
 import json
 import os

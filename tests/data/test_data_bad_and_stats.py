@@ -12,7 +12,7 @@ from shallow_pi_jax.data.pipeline import make_dataset
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
+def root(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("bad")
     rng = np.random.default_rng(1)
     good = [synthetic.libero_episode(rng, n, index=i) for i, n in enumerate((4, 6, 5))]
@@ -28,7 +28,7 @@ def root(tmp_path_factory):
                                                    "state": s["observation"]["state"].astype(np.int32)}}
                              for s in int_state[0]["steps"]]
     synthetic.write_dataset("int_state", str(root), synthetic.libero_features(state_dtype=np.int32), int_state)
-    tok = synthetic.train_tokenizer(str(root / "tok.model"))
+    tok = tokenizer
     stats = {k: ns.NormStats(np.zeros(8), np.ones(8), -np.ones(8), np.ones(8)) for k in ("state", "actions")}
     ns.save(stats, root / "stats.json")
     return dict(root=str(root), tok=tok, good=good)

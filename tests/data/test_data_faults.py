@@ -17,12 +17,12 @@ LENGTHS = (3, 4, 5, 6, 7, 8)  # steps per episode, all different so frame counts
 
 
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory):
+def clean(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("faults")
     rng = np.random.default_rng(0)
     episodes = [synthetic.libero_episode(rng, n, index=i) for i, n in enumerate(LENGTHS)]
     synthetic.write_dataset("eps", str(root / "clean"), synthetic.libero_features(), episodes)
-    tok = synthetic.train_tokenizer(str(root / "tok.model"))
+    tok = tokenizer
     stats = {k: ns.NormStats(np.zeros(8), np.ones(8), -np.ones(8), np.ones(8)) for k in ("state", "actions")}
     ns.save(stats, root / "stats.json")
     return root, tok

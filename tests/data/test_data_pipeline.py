@@ -20,7 +20,7 @@ CAMS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("rlds")
     rng = np.random.default_rng(0)
     libero_eps = [synthetic.libero_episode(rng, n, index=i) for i, n in enumerate(LENGTHS)]
@@ -28,7 +28,7 @@ def world(tmp_path_factory):
     droid_eps = [synthetic.droid_episode(rng, n, index=i, instructions=("wipe the table", "", "clean up"))
                  for i, n in enumerate((8, 6))]
     synthetic.write_dataset("tiny_droid", str(root), synthetic.droid_features(), droid_eps)
-    tok = synthetic.train_tokenizer(str(root / "tok.model"))
+    tok = tokenizer
     raw_state = {i: np.stack([s["observation"]["state"] for s in ep["steps"]]) for i, ep in enumerate(libero_eps)}
     raw_act = {i: np.stack([s["action"] for s in ep["steps"]]) for i, ep in enumerate(libero_eps)}
     stats = {"state": ns.compute(np.concatenate(list(raw_state.values()))),

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 import sentencepiece
 
-from shallow_pi_jax.data import synthetic
 from shallow_pi_jax.data.tokenizer import (
     PaligemmaTokenizer,
     discretize_state,
@@ -12,8 +11,8 @@ from shallow_pi_jax.data.tokenizer import (
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return synthetic.train_tokenizer(str(tmp_path_factory.mktemp("tok") / "tiny.model"))
+def model_path(tokenizer):
+    return tokenizer
 
 
 @pytest.fixture(scope="module")

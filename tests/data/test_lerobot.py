@@ -146,7 +146,7 @@ def write_lerobot(root, eps, *, video=False):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("lerobot")
     eps = raw_episodes(np.random.default_rng(0))
     write_lerobot(root / "png" / REPO, eps)
@@ -154,7 +154,7 @@ def world(tmp_path_factory):
     rng = np.random.default_rng(1)
     synthetic.write_dataset("tiny_libero", str(root / "rlds"), synthetic.libero_features(image_hw=HW),
                             [synthetic.libero_episode(rng, n, index=i) for i, n in enumerate((6, 5))])
-    tok = synthetic.train_tokenizer(str(root / "tok.model"))
+    tok = tokenizer
     stats = {"state": ns.compute(np.concatenate([e["state"] for e in eps])),
              "actions": ns.compute(np.concatenate([e["actions"] for e in eps]))}
     ns.save(stats, root / "stats.json")

@@ -10,8 +10,6 @@ from shallow_pi_jax import cli, evaluate
 from shallow_pi_jax.eval import open_loop
 from shallow_pi_jax.serve.testing import tiny_config, write_tiny_checkpoint
 
-pytestmark = pytest.mark.slow
-
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -30,6 +28,7 @@ def test_error_accumulator_per_step():
     assert s["frames"] == 2
 
 
+@pytest.mark.slow
 def test_evaluate_cli_on_held_out_demo_episodes(tmp_path, monkeypatch, capsys):
     cfg = tiny_config(depth=2, cameras=("base_0_rgb", "left_wrist_0_rgb"), action_horizon=4)
     student = write_tiny_checkpoint(tmp_path / "student", cfg, seed=0, state_dim=2, robot_action_dim=2,

@@ -14,8 +14,6 @@ from shallow_pi_jax.models.prefix import PrefixPlan, full_plan
 from shallow_pi_jax.perf import costs
 from shallow_pi_jax.serve.testing import tiny_config
 
-pytestmark = pytest.mark.slow
-
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -103,6 +101,7 @@ def test_compacted_prefix_costs_less(tiny_flops):
         costs.inference_flops(cfg, active_cameras=cfg.image_keys, plan=full_plan(cfg))
 
 
+@pytest.mark.slow
 def test_random_params_are_drawn_in_their_dtype():
     cfg = tiny_config(depth=2)
     shapes = param_shapes(cfg)
@@ -119,6 +118,7 @@ def test_random_params_are_drawn_in_their_dtype():
     assert all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(again)))
 
 
+@pytest.mark.slow
 def test_bench_cli_tiny(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "shallow_pi_jax.bench_inference", "--flops-size", "tiny", "--latency-size",

@@ -10,8 +10,6 @@ from shallow_pi_jax.perf import aot, costs
 from shallow_pi_jax.training import build, sharding
 from shallow_pi_jax.training import config as train_config
 
-pytestmark = pytest.mark.slow
-
 ROOT = pathlib.Path(__file__).parents[2]
 
 
@@ -23,6 +21,7 @@ def small_config():
     return c
 
 
+@pytest.mark.slow
 def test_kd_step_costs_plain_step_plus_teacher_forward():
     """Matmul FLOPs: fused KD step = plain student step + one teacher forward (nothing else is added)."""
     config, batch = small_config(), 8

@@ -14,7 +14,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from shallow_pi_jax.data import norm_stats as ns
-from shallow_pi_jax.data import synthetic
 from shallow_pi_jax.training import config as train_config
 
 REPO = pathlib.Path(__file__).parents[2]
@@ -238,9 +237,9 @@ def test_no_such_config_file_is_one_line():
 
 
 @pytest.mark.slow  # ~95 s while the data_dir is only found missing after the model is built; ~10 s with validate first
-def test_train_command_line_parses_a_list_of_datasets(tmp_path):
+def test_train_command_line_parses_a_list_of_datasets(tmp_path, tokenizer):
     """The README's form on the real command line: parsed (no flags error), then refused for its data_dir."""
-    tok = synthetic.train_tokenizer(str(tmp_path / "tok.model"))
+    tok = tokenizer
     stats = ns.save({k: ns.NormStats(np.zeros(8), np.ones(8), -np.ones(8), np.ones(8)) for k in ("state", "actions")},
                     tmp_path / "norm_stats.json")
     datasets = '[{"name": "libero_10_no_noops", "data_dir": "/nonexistent/rlds", "mapping": "libero"}]'

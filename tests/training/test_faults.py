@@ -27,8 +27,6 @@ from shallow_pi_jax.data import norm_stats as ns
 from shallow_pi_jax.data import synthetic
 from shallow_pi_jax.training import loop
 
-pytestmark = pytest.mark.slow
-
 REPO = pathlib.Path(__file__).parents[2]
 EXIT_WITHIN_S = 60   # from the `error:` line to the end of the process
 HANG_S = 300         # a run still going after this is a hang: killed, and the test fails
@@ -190,7 +188,7 @@ def _stats(episodes):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tokenizer):
     """Datasets (good; one with a NaN action), tokenizer, norm stats, the config file, and a shared
     JAX compilation cache so that only the first run compiles the step."""
     root = tmp_path_factory.mktemp("faults")
@@ -201,7 +199,7 @@ def setup(tmp_path_factory):
     nan_ep["steps"][3]["action"][2] = np.nan
     # Fewer frames than the shuffle buffer: the bad episode is read before the first batch.
     synthetic.write_dataset("has_nan", str(root), synthetic.libero_features(), [good[0], nan_ep, good[1]])
-    tok = synthetic.train_tokenizer(str(root / "tok.model"))
+    tok = tokenizer
     ns.save(_stats(good), root / "norm_stats.json")
     config = root / "faults_config.py"
     config.write_text(CONFIG.replace("{root!r}", repr(str(root))).replace("{tok!r}", repr(tok))
@@ -274,6 +272,7 @@ def runs(setup):
         yield {"shared": shared, **futures}
 
 
+@pytest.mark.slow
 def test_nan_action_in_the_data_exits_with_one_line_and_writes_nothing(runs):
     run = runs["nan"].result()
     assert_one_line_error(run, r"dataset 'has_nan', episode .*episode_9\.hdf5.*field 'actions'.* NaN/inf "
@@ -281,11 +280,13 @@ def test_nan_action_in_the_data_exits_with_one_line_and_writes_nothing(runs):
     assert not (runs["shared"].parent / "nan_run").exists()  # nothing written by a run that never stepped
 
 
+@pytest.mark.slow
 def test_error_in_a_data_thread_exits_with_one_line(runs):
     _, _, run = runs["datathread"].result()
     assert_one_line_error(run, r"^error: data pipeline failed: .*RuntimeError: injected fault in a data thread$")
 
 
+@pytest.mark.slow
 def test_read_only_checkpoint_directory_exits_with_one_line(runs):
     wd, _, run = runs["readonly"].result()
     ck = re.escape(str(wd / "checkpoints"))
@@ -294,6 +295,7 @@ def test_read_only_checkpoint_directory_exits_with_one_line(runs):
     assert complete_steps(wd) == [2, 4]
 
 
+@pytest.mark.slow
 def test_full_disk_during_a_background_save_exits_with_one_line(runs):
     wd, _, run = runs["enospc"].result()
     ck = re.escape(str(wd / "checkpoints"))
@@ -302,6 +304,7 @@ def test_full_disk_during_a_background_save_exits_with_one_line(runs):
     assert complete_steps(wd) == [2, 4]
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(runs):
     wd, _, run = runs["corrupt_latest"].result()
     assert run.returncode == 0, run.stderr[-3000:]
@@ -318,6 +321,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(runs):
     assert sorted(again) == [3, 4] and again == expected
 
 
+@pytest.mark.slow
 def test_no_restorable_checkpoint_is_one_line_and_moves_nothing(runs):
     wd, _, run = runs["corrupt_all"].result()
     ck = re.escape(str(wd / "checkpoints"))
@@ -325,6 +329,7 @@ def test_no_restorable_checkpoint_is_one_line_and_moves_nothing(runs):
     assert complete_steps(wd) == [2, 4] and not (wd / "checkpoints_bad").exists()
 
 
+@pytest.mark.slow
 def test_resume_with_another_depth_is_refused_and_config_json_kept(runs):
     wd, before, run = runs["depth"].result()
     error = assert_one_line_error(run, rf"^error: {re.escape(str(wd))} was trained with another config; these keys "
@@ -335,6 +340,7 @@ def test_resume_with_another_depth_is_refused_and_config_json_kept(runs):
     assert complete_steps(wd) == [2, 4]
 
 
+@pytest.mark.slow
 def test_force_resumes_with_a_changed_config_and_keeps_the_old_one(runs):
     wd, before, run = runs["force"].result()
     assert run.returncode == 0, run.stderr[-3000:]

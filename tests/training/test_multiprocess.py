@@ -33,8 +33,6 @@ from shallow_pi_jax.models.params import param_shapes
 from shallow_pi_jax.training import config as train_config
 from shallow_pi_jax.training import loop, sharding
 
-pytestmark = pytest.mark.slow
-
 REPO = pathlib.Path(__file__).parents[2]
 RUN_S = 600         # one launch, on a loaded 2-core host; a job still running after this is a hang: killed, failed
 STOP_WITHIN_S = 45  # from the SIGKILL of one process to the launcher's exit
@@ -71,14 +69,14 @@ def _stats(episodes):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, tokenizer):
     """A synthetic LIBERO dataset (every image encodes its episode and step), tokenizer, norm stats, a
     random 2-layer tiny teacher, the config file, and the jobs started (killed at the end)."""
     root = tmp_path_factory.mktemp("multiprocess")
     rng = np.random.default_rng(0)
     episodes = [synthetic.libero_episode(rng, STEPS, index=i) for i in range(EPISODES)]
     synthetic.write_dataset("mp", str(root), synthetic.libero_features(), episodes)
-    tok = synthetic.train_tokenizer(str(root / "tok.model"))
+    tok = tokenizer
     ns.save(_stats(episodes), root / "norm_stats.json")
     config = root / "mp_config.py"
     config.write_text(CONFIG.replace("{root!r}", repr(str(root))).replace("{tok!r}", repr(tok))
@@ -220,6 +218,7 @@ def _assert_batches_equal(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_every_frame_once_per_epoch_and_the_same_global_batch_for_2x4_and_1x8(world):
     # No shuffle buffer: a stream's first epoch is its shard's frames, each once (its files in shuffled order).
     steps = EPISODES * STEPS // 16  # one epoch: 12 frames per stream, 2 per step
@@ -244,6 +243,7 @@ def test_process_streams_follow_the_mesh_rows():
         sharding.process_streams(mesh, 4)
 
 
+@pytest.mark.slow
 def test_stream_config_errors_name_the_field(world):
     with pytest.raises(ValueError, match=r"data.num_streams: expected a positive int or None, got 0"):
         _data_cfg(world, num_streams=0)
@@ -274,6 +274,7 @@ def test_a_wrong_process_count_or_id_is_a_clear_error(monkeypatch, env, message)
         loop.maybe_initialize_distributed("auto")
 
 
+@pytest.mark.slow
 def test_a_process_whose_peer_never_starts_ends_within_the_timeout_naming_itself(world):
     port = launch.free_port()
     env = dict(world["env"], JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID="0",
@@ -301,6 +302,7 @@ def test_launcher_gives_each_process_its_id_and_devices():
 # ----------------------------------------------------------------------------- the trainer, 2 × 4 vs 1 × 8
 
 
+@pytest.mark.slow
 def test_2x4_logs_the_numbers_of_1x8_at_every_step(runs):
     for name, job in runs.items():
         assert job.proc.returncode == 0, f"{name}:\n{job.text[-4000:]}"
@@ -315,6 +317,7 @@ def test_2x4_logs_the_numbers_of_1x8_at_every_step(runs):
     assert complete_steps(runs["2x4"].workdir) == [2, 4]
 
 
+@pytest.mark.slow
 def test_2x4_exports_the_student_of_1x8(runs):
     one = openpi_params.flatten_params(openpi_params.restore_params(runs["1x8"].workdir / "student" / "params"))
     two = openpi_params.flatten_params(openpi_params.restore_params(runs["2x4"].workdir / "student" / "params"))
@@ -327,6 +330,7 @@ def test_2x4_exports_the_student_of_1x8(runs):
         (runs["1x8"].workdir / "student" / "model_config.json").read_text())
 
 
+@pytest.mark.slow
 def test_kill_9_of_one_process_stops_the_job_and_both_resume_from_the_last_complete_checkpoint(world, runs):
     root = world["root"]
     job = Job(world, 2, 4, root / "killed", "--config.num_steps=400")
