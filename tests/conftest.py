@@ -13,7 +13,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="shallow_pi_jax_tests_xla_")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# Programs that took 0.5 s or more to compile (a model's forward or train step, not the many one-op
+# programs of eager code, whose cache files would cost more than they save).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The embedded default's cache (the 3000-episode demo dataset, its norm stats, demo teachers), shared by
 # every test and command that uses it and kept between runs: built once (~70 s), validated on every use,
@@ -117,7 +119,7 @@ def pytest_unconfigure(config):
 # both workers finish together instead of one waiting on the other's last long file.
 LONGEST_FIRST = [
     "tests/test_docs.py", "tests/training/test_multiprocess.py", "tests/commands/test_ablation.py",
-    "tests/commands/test_pipeline.py", "tests/training/test_train.py", "tests/export/test_export_onnx.py",
+    "tests/training/test_train.py", "tests/export/test_export_onnx.py",
     "tests/perf/test_bench_inference.py", "tests/training/test_faults.py", "tests/serve/test_policy_record.py",
     "tests/tools/test_libero.py", "tests/models/test_model_parity.py", "tests/data/test_lerobot.py",
     "tests/export/test_export_torch.py", "tests/commands/test_make_student.py", "tests/serve/test_policy.py",
