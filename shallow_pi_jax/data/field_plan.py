@@ -16,7 +16,7 @@ from shallow_pi_jax.data.config import DataConfig, DatasetSpec
 
 @dataclasses.dataclass(frozen=True)
 class FieldPlan:
-    """What the feature spec says about the mapped fields."""
+    """What the dataset's metadata (RLDS feature spec, LeRobot info.json) says about the mapped fields."""
     camera_paths: dict[str, tuple[str, ...]]
     state_dims: tuple[int | None, ...]
     action_dims: tuple[int | None, ...]
