@@ -14,12 +14,13 @@ from tqdm import tqdm
 from shallow_pi_jax.data import lerobot, rlds
 from shallow_pi_jax.data import norm_stats as _ns
 from shallow_pi_jax.data.config import DataConfig, DatasetSpec
+from shallow_pi_jax.data.episode_log import EpisodeLog
 
 
 def collect(cfg: DataConfig, specs: tuple[DatasetSpec, ...], max_frames: int | None = None,
-            progress: bool = True) -> tuple[np.ndarray, np.ndarray, rlds.EpisodeLog]:
+            progress: bool = True) -> tuple[np.ndarray, np.ndarray, EpisodeLog]:
     """(state [N, S], action rows [N * H, A], episode log) over the datasets, in file order."""
-    elog = rlds.EpisodeLog()
+    elog = EpisodeLog()
     states, chunks = [], []
     frames = 0
     for spec in specs:

@@ -19,7 +19,7 @@ parquet struct {bytes, path} and are decoded after the shuffle buffer like RLDS 
 "video" is decoded here with PyAV, one frame per row picked by its `timestamp` (LeRobot's 1e-4 s
 tolerance), so the shuffle buffer holds those frames raw (H·W·3 bytes per camera and frame).
 
-From here on the stream is rlds.py's (chunk_and_normalize) and pipeline.py's (shuffle, decode,
+From here on the stream is chunking.py's (chunk_and_normalize) and pipeline.py's (shuffle, decode,
 resize, mixture, augmentation, tokenisation). Mapping problems (a feature missing from info.json,
 wrong dtype or shape) raise before reading, naming meta/info.json. Problems of one episode name its
 parquet (or mp4) file and episode index: a missing column, a row of the wrong length, a PNG whose
@@ -45,8 +45,10 @@ import tensorflow as tf
 from PIL import Image
 
 from shallow_pi_jax import fileio
-from shallow_pi_jax.data import rlds
+from shallow_pi_jax.data import chunking, field_plan
 from shallow_pi_jax.data.config import DataConfig, DatasetSpec
+from shallow_pi_jax.data.episode_log import EpisodeLog
+from shallow_pi_jax.data.field_plan import FieldPlan
 
 SUPPORTED_VERSIONS = ("v2.0", "v2.1")
 TASK = "task"                # the mapping's prompt path that means tasks.jsonl[task_index]
@@ -87,8 +89,8 @@ class Meta:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """rlds.FieldPlan (what chunk_and_normalize and the pipeline use) plus how each camera is stored."""
-    fields: rlds.FieldPlan
+    """FieldPlan (what chunk_and_normalize and the pipeline use) plus how each camera is stored."""
+    fields: FieldPlan
     camera_kinds: dict[str, tuple[str, int, int]]   # feature → ("image" | "video", height, width)
 
 
@@ -176,7 +178,6 @@ def plan_fields(spec: DatasetSpec, meta: Meta, cfg: DataConfig) -> Plan:
     """Check the mapping against meta/info.json; every error names the file and the feature."""
     info_path = posixpath.join(meta.root, "meta", "info.json")
     features = meta.features
-    mapping = spec.mapping
 
     def need(key, role):
         if key not in features:
@@ -188,38 +189,31 @@ def plan_fields(spec: DatasetSpec, meta: Meta, cfg: DataConfig) -> Plan:
                              f"features are {sorted(features)}{hint}")
         return features[key]
 
-    kinds, specs = {}, {}
-    for cam, paths in mapping.cameras:
-        for key in paths:
-            f = need(key, f"cameras.{cam}")
-            if f.get("dtype") not in ("image", "video"):
-                raise ValueError(f"{info_path}: feature {key!r} (camera {cam}): expected dtype 'image' or 'video', "
-                                 f"got {f.get('dtype')!r}")
-            if f["dtype"] == "video" and not meta.info.get("video_path"):
-                raise ValueError(f"{info_path}: feature {key!r} (camera {cam}) is a video but 'video_path' is "
-                                 f"{meta.info.get('video_path')!r}")
-            h, w = _image_hw(key, f, info_path, f"camera {cam}")
-            kinds[key] = (f["dtype"], h, w)
-            specs[key] = (tf.TensorSpec([], tf.string) if f["dtype"] == "image"
-                          else tf.TensorSpec([h, w, 3], tf.uint8))
+    kinds = {}
 
-    def vector_dims(keys, role):
-        dims = []
-        for key in keys:
-            f = need(key, role)
-            shape = list(f.get("shape") or [])
-            if f.get("dtype") not in _FLOAT_DTYPES:
-                raise ValueError(f"{info_path}: feature {key!r} ({role}): expected dtype float32/float64, "
-                                 f"got {f.get('dtype')!r}")
-            if len(shape) != 1:
-                raise ValueError(f"{info_path}: feature {key!r} ({role}): expected a vector shape [n], got {shape}")
-            dims.append(int(shape[0]))
-            specs[key] = tf.TensorSpec([shape[0]], tf.float32)
-        return tuple(dims)
+    def camera(key, cam):
+        f = need(key, f"cameras.{cam}")
+        if f.get("dtype") not in ("image", "video"):
+            raise ValueError(f"{info_path}: feature {key!r} (camera {cam}): expected dtype 'image' or 'video', "
+                             f"got {f.get('dtype')!r}")
+        if f["dtype"] == "video" and not meta.info.get("video_path"):
+            raise ValueError(f"{info_path}: feature {key!r} (camera {cam}) is a video but 'video_path' is "
+                             f"{meta.info.get('video_path')!r}")
+        h, w = _image_hw(key, f, info_path, f"camera {cam}")
+        kinds[key] = (f["dtype"], h, w)
+        return tf.TensorSpec([], tf.string) if f["dtype"] == "image" else tf.TensorSpec([h, w, 3], tf.uint8)
 
-    state_dims = vector_dims(mapping.state, "state")
-    action_dims = vector_dims(mapping.actions, "actions")
-    for key in mapping.prompt:
+    def vector(key, role):
+        f = need(key, role)
+        shape = list(f.get("shape") or [])
+        if f.get("dtype") not in _FLOAT_DTYPES:
+            raise ValueError(f"{info_path}: feature {key!r} ({role}): expected dtype float32/float64, "
+                             f"got {f.get('dtype')!r}")
+        if len(shape) != 1:
+            raise ValueError(f"{info_path}: feature {key!r} ({role}): expected a vector shape [n], got {shape}")
+        return tf.TensorSpec([int(shape[0])], tf.float32)
+
+    def prompt(key):
         if key == TASK and key not in features:
             need("task_index", "prompt")
             if not meta.tasks:
@@ -228,17 +222,8 @@ def plan_fields(spec: DatasetSpec, meta: Meta, cfg: DataConfig) -> Plan:
         elif need(key, "prompt").get("dtype") != "string":
             raise ValueError(f"{info_path}: feature {key!r} (prompt): expected dtype 'string' (or the prompt "
                              f"'task'), got {features[key].get('dtype')!r}")
-        specs[key] = tf.TensorSpec([], tf.string)
-    fields = rlds.FieldPlan(camera_paths=dict(mapping.cameras), state_dims=state_dims, action_dims=action_dims,
-                            prompt_paths=mapping.prompt, specs=specs, has_file_path=False)
-    for what, dim in (("state", fields.state_dim), ("actions", fields.action_dim)):
-        if dim > cfg.action_dim:
-            raise ValueError(f"dataset {spec.name!r}: {what} has {dim} dims, more than the model's "
-                             f"data.action_dim={cfg.action_dim}")
-    mask = cfg.delta_mask_for(spec)
-    if mask is not None and len(mask) > min(fields.action_dim, fields.state_dim):
-        raise ValueError(f"dataset {spec.name!r}: delta_action_mask has {len(mask)} entries, more than the "
-                         f"state/action dims ({fields.state_dim}/{fields.action_dim})")
+
+    fields = field_plan.plan_fields(spec, cfg, camera=camera, vector=vector, prompt=prompt)
     return Plan(fields=fields, camera_kinds=kinds)
 
 
@@ -460,9 +445,10 @@ def read_episode(spec: DatasetSpec, cfg: DataConfig, meta: Meta, plan: Plan, epi
 
 
 def episodes(spec: DatasetSpec, cfg: DataConfig, *, train: bool, shard: tuple[int, int],
-             elog: rlds.EpisodeLog) -> tuple[rlds.FieldPlan, tf.data.Dataset]:
-    """(field plan, episodes) with rlds.episode_arrays' contract: {"id", "index", "images": {cam: [T] encoded
-    or [T, H, W, 3] uint8}, "prompt": [T], "state": [T, S], "actions": [T, A]}, bad episodes reported."""
+             elog: EpisodeLog) -> tuple[FieldPlan, tf.data.Dataset]:
+    """(field plan, episodes) in chunking.py's input contract, as rlds.episodes: {"id", "index", "images":
+    {cam: [T] encoded or [T, H, W, 3] uint8}, "prompt": [T], "state": [T, S], "actions": [T, A]}, bad
+    episodes reported."""
     meta = load_meta(spec)
     plan = plan_fields(spec, meta, cfg)
     ids = episode_ids(spec, meta, shard)
@@ -524,18 +510,9 @@ def num_episodes(spec: DatasetSpec) -> int:
     return len(episode_ids(spec, meta, (0, 1)))
 
 
-def raw_chunks(spec: DatasetSpec, cfg: DataConfig, elog: rlds.EpisodeLog, shard=(0, 1)) -> tf.data.Dataset:
+def raw_chunks(spec: DatasetSpec, cfg: DataConfig, elog: EpisodeLog, shard=(0, 1)) -> tf.data.Dataset:
     """rlds.raw_chunks for a LeRobot dataset: per episode {"state": [T, S], "actions": [T, H, A]} after delta
     actions, before normalisation, without reading images (what norm stats are computed on)."""
     lean = dataclasses.replace(spec, mapping=dataclasses.replace(spec.mapping, cameras=(), prompt=()))
     _, eps = episodes(lean, cfg, train=False, shard=shard, elog=elog)
-    horizon, mask = cfg.horizon, cfg.delta_mask_for(spec)
-
-    def chunk(ep):
-        state = ep["state"]
-        chunks, moving = rlds.action_chunks(state, ep["actions"], horizon, mask, spec.mapping)
-        if moving is not None:  # stats over the frames training sees
-            state, chunks = tf.boolean_mask(state, moving), tf.boolean_mask(chunks, moving)
-        return {"state": state, "actions": chunks}
-
-    return eps.map(chunk, num_parallel_calls=cfg.num_parallel_calls)
+    return chunking.unnormalized_chunks(spec, cfg, eps)

@@ -12,9 +12,10 @@ Batch contract (per process; B = data.batch_size, R = data.image_size, D = data.
 for cam in data.cameras (openpi's base_0_rgb, left_wrist_0_rgb, right_wrist_0_rgb). A camera the
 dataset lacks is a black image (-1.0) with mask False, as in openpi's LIBERO policy.
 
-Per dataset: episodes → frames (rlds.py) → shuffle buffer (frames, images still encoded) → decode
-and resize-with-pad to R. Then the datasets are mixed by weight, each example gets its own
-augmentation seed (seed, example index) so runs are reproducible, and batches are tokenised.
+Per dataset: episodes (rlds.py, lerobot.py) → frames (chunking.py) → shuffle buffer (frames, images
+still encoded) → decode and resize-with-pad to R. Then the datasets are mixed by weight, each
+example gets its own augmentation seed (seed, example index) so runs are reproducible, and batches
+are tokenised.
 Training repeats forever; evaluation (train=False) reads each episode once, in order, without
 augmentation, keeping the last partial batch.
 """
@@ -27,9 +28,10 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from shallow_pi_jax.data import lerobot, rlds, tf_image
+from shallow_pi_jax.data import chunking, lerobot, rlds, tf_image
 from shallow_pi_jax.data import norm_stats as _ns
 from shallow_pi_jax.data.config import DataConfig
+from shallow_pi_jax.data.episode_log import EpisodeLog
 from shallow_pi_jax.data.tokenizer import PaligemmaTokenizer
 
 log = logging.getLogger(__name__)
@@ -43,15 +45,10 @@ def _hide_gpus_from_tf():
         pass  # already initialised by the caller; nothing to do
 
 
-def _frames(spec, cfg: DataConfig, train: bool, shard, elog: rlds.EpisodeLog, stats):
-    if spec.format == "lerobot":  # parquet/mp4 episodes with the same per-episode contract as RLDS's
-        plan, episodes = lerobot.episodes(spec, cfg, train=train, shard=shard, elog=elog)
-    else:
-        builder = rlds.load_builder(spec)
-        plan = rlds.plan_fields(spec, builder, cfg)
-        episodes = rlds.read_episodes(spec, cfg, plan, builder, train=train, shard=shard)
-        episodes = rlds.episode_arrays(spec, cfg, plan, episodes, elog)
-    frames = rlds.chunk_and_normalize(spec, cfg, plan, episodes, stats)
+def _frames(spec, cfg: DataConfig, train: bool, shard, elog: EpisodeLog, stats):
+    reader = lerobot if spec.format == "lerobot" else rlds  # both give episodes in chunking.py's contract
+    plan, episodes = reader.episodes(spec, cfg, train=train, shard=shard, elog=elog)
+    frames = chunking.chunk_and_normalize(spec, cfg, plan, episodes, stats)
     if train:
         frames = frames.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
     size = cfg.image_size
@@ -77,7 +74,7 @@ def _frames(spec, cfg: DataConfig, train: bool, shard, elog: rlds.EpisodeLog, st
 STREAM_SEED_STRIDE = 1 << 20
 
 
-def _stream(cfg: DataConfig, train: bool, shard: tuple[int, int], elog: rlds.EpisodeLog) -> tf.data.Dataset:
+def _stream(cfg: DataConfig, train: bool, shard: tuple[int, int], elog: EpisodeLog) -> tf.data.Dataset:
     """Examples of shard (index, count) of every dataset, mixed by weight; for training, augmented with
     seeds keyed on (data.seed, index, example index, camera): the same wherever the stream is built."""
     index = shard[0]
@@ -117,7 +114,7 @@ def _stream(cfg: DataConfig, train: bool, shard: tuple[int, int], elog: rlds.Epi
     return ds.enumerate().map(finish, num_parallel_calls=cfg.num_parallel_calls)
 
 
-def build_tf_dataset(cfg, train: bool = True, streams=None) -> tuple[tf.data.Dataset, rlds.EpisodeLog]:
+def build_tf_dataset(cfg, train: bool = True, streams=None) -> tuple[tf.data.Dataset, EpisodeLog]:
     """The tf.data part (everything except tokenisation), batched; for inspection and benchmarks.
 
     Training: the process's batch is one batch of B / len(streams) examples from each of its streams
@@ -125,7 +122,7 @@ def build_tf_dataset(cfg, train: bool = True, streams=None) -> tuple[tf.data.Dat
     process's shard of every episode once, in order."""
     cfg = DataConfig.from_any(cfg)
     _hide_gpus_from_tf()
-    elog = rlds.EpisodeLog()
+    elog = EpisodeLog()
     if not train:
         ds = _stream(cfg, False, cfg.shard(), elog)
         ds = ds.batch(cfg.batch_size, drop_remainder=False, num_parallel_calls=cfg.num_parallel_calls)
@@ -155,7 +152,7 @@ def tf_error_text(message: str) -> str:
 class DataIterator:
     """Numpy batches from the tf.data pipeline, with prompts tokenised in openpi's format."""
 
-    def __init__(self, cfg: DataConfig, ds: tf.data.Dataset, elog: rlds.EpisodeLog, tokenizer: PaligemmaTokenizer):
+    def __init__(self, cfg: DataConfig, ds: tf.data.Dataset, elog: EpisodeLog, tokenizer: PaligemmaTokenizer):
         self.cfg, self._elog, self.tokenizer = cfg, elog, tokenizer
         self._it = ds.as_numpy_iterator()
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping as _AbcMapping
 import numpy as np
 from PIL import Image
 
+from shallow_pi_jax import trees
 from shallow_pi_jax.data import norm_stats as _ns
 from shallow_pi_jax.data.config import DataConfig, DatasetSpec
 from shallow_pi_jax.data.tokenizer import PaligemmaTokenizer
@@ -92,17 +93,6 @@ def absolute_actions(actions: np.ndarray, state: np.ndarray, mask) -> np.ndarray
     return _shift_by_state(actions, state, mask, 1.0)
 
 
-def _flatten(obs, prefix="") -> dict:
-    flat = {}
-    for k, v in obs.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, _AbcMapping):
-            flat.update(_flatten(v, key + "/"))
-        else:
-            flat[key] = v
-    return flat
-
-
 def _lookup(flat: dict, path: str):
     # openpi clients send "observation/image"; accept the bare step path ("image") too.
     for key in (path, f"observation/{path}"):
@@ -113,7 +103,7 @@ def _lookup(flat: dict, path: str):
 
 def raw_state(obs, mapping) -> np.ndarray | None:
     """The robot's own state vector from a raw observation, per `mapping.state`; None if a part is missing."""
-    flat = _flatten(obs)
+    flat = trees.flatten(obs, "/")
     parts = [_lookup(flat, p) for p in mapping.state]
     if any(p is None for p in parts):
         return None
@@ -130,7 +120,7 @@ class InputTransform:
 
     def __call__(self, obs: _AbcMapping) -> dict:
         cfg, mapping = self.cfg, self.spec.mapping
-        flat = _flatten(obs)
+        flat = trees.flatten(obs, "/")
         images, masks = {}, {}
         for cam in cfg.cameras:
             paths = dict(mapping.cameras).get(cam)

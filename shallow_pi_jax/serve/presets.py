@@ -31,6 +31,7 @@ from collections.abc import Mapping as _AbcMapping
 
 import numpy as np
 
+from shallow_pi_jax import trees
 from shallow_pi_jax.checkpoint import policy_record
 from shallow_pi_jax.data.mappings import Mapping, resolve_mapping
 from shallow_pi_jax.models.config import ModelConfig
@@ -132,16 +133,6 @@ def get_preset(name: str) -> EnvPreset:
 
 # ----------------------------------------------------------------------------- request checks
 
-def _flatten(obs, prefix: str = "") -> dict:
-    flat = {}
-    for k, v in obs.items():
-        if isinstance(v, _AbcMapping):
-            flat.update(_flatten(v, f"{prefix}{k}/"))
-        else:
-            flat[f"{prefix}{k}"] = v
-    return flat
-
-
 def _find(flat: dict, paths) -> tuple[str | None, object]:
     """The first of `paths` present (bare or under observation/), as the input transform looks them up."""
     for path in paths:
@@ -220,7 +211,7 @@ class RequestSpec:
     def check(self, obs) -> None:
         if not isinstance(obs, _AbcMapping):
             raise ValueError(f"observation: expected a dict, got {type(obs).__name__}")
-        flat = _flatten(obs)
+        flat = trees.flatten(obs, "/")
         for paths in self.cameras:
             key, value = _find(flat, paths)
             if key is None:

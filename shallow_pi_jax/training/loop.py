@@ -20,7 +20,7 @@ import time
 import jax
 from tqdm import tqdm
 
-from shallow_pi_jax import cli, fileio, verbosity
+from shallow_pi_jax import cli, fileio, trees, verbosity
 from shallow_pi_jax.data.pipeline import make_dataset
 from shallow_pi_jax.training import build, sharding
 from shallow_pi_jax.training import config as train_config
@@ -122,19 +122,9 @@ CONFIG_FILE = "config.json"
 _ABSENT = "<absent>"
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_changes(old: dict, new: dict) -> tuple[dict, dict]:
     """(refused, allowed): {dotted key: (old value, new value)} of the keys that differ."""
-    a, b = _flat(old), _flat(new)
+    a, b = trees.flatten(old, ".", keep_empty=True), trees.flatten(new, ".", keep_empty=True)
     refused, allowed = {}, {}
     for key in sorted(a.keys() | b.keys()):
         va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
