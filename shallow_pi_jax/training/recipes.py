@@ -147,7 +147,7 @@ def base_config(o: dict) -> ml_collections.ConfigDict:
     c.teacher.dtype = "float32" if demo else "bfloat16"
     # How the teacher sees the world when its directory records none (openpi's checkpoints): an openpi
     # config name (pi05_libero, ...), "data" (it was trained with exactly config.data: the demo teachers),
-    # or "" (its own policy_record.json, required). See teacher_record.
+    # or "" (its own policy_record.json, required). See training.records.teacher_record.
     c.teacher.preset = "data" if demo else ""
 
     c.student = ml_collections.ConfigDict()
