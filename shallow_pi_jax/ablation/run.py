@@ -266,7 +266,8 @@ def random_teacher(c, out_dir: pathlib.Path) -> None:
     """An untrained full-depth model exported like a trained one (params/, model_config.json, assets/)."""
 
 
-    plan = demo.prepare(run_plan.resolve(c))
+    # Derived, not resolved: its budget is 0 steps (teacher_steps=0), which a config to train is refused for.
+    plan = demo.prepare(run_plan.derive(c))
     params = jax.device_get(init_params(plan.model, jax.random.PRNGKey(plan.seed)))
     if out_dir.exists():  # a half-written one from an interrupted call
         shutil.rmtree(out_dir)
