@@ -39,11 +39,7 @@ from tqdm import tqdm  # noqa: E402
 from shallow_pi_jax import cli, fileio  # noqa: E402
 from shallow_pi_jax.models.params import init_params  # noqa: E402
 from shallow_pi_jax.perf import aot, costs  # noqa: E402
-from shallow_pi_jax.training import (  # noqa: E402
-    build,
-    recipes,  # noqa: E402
-    sharding,
-)
+from shallow_pi_jax.training import build, recipes, sharding  # noqa: E402
 from shallow_pi_jax.training import plan as run_plan  # noqa: E402
 from shallow_pi_jax.training import step as ts  # noqa: E402
 from shallow_pi_jax.training.metrics import memory_summary  # noqa: E402
