@@ -4,14 +4,14 @@ r"""π0.5 18 → 6 layer Shallow-π distillation (task + velocity KD + attention
     python -m shallow_pi_jax.train --config experiments/l6.py --workdir runs/l6 \
         --config.teacher.params=/ckpt/pi05_libero/params --config.data.tokenizer_path=...
 
-Keys after ':' (comma-separated key=value; default first; see shallow_pi_jax/training/config.py):
+Keys after ':' (comma-separated key=value; default first; see shallow_pi_jax/training/recipes.py):
 depth=6 | <int>, model=pi05 | pi0, size=real | demo | tiny, loss=full | kd | task_only,
 attn_layer=middle | initial | late, attn_queries=action | all, init=teacher | scratch (random init, task loss only),
 layer_map=uniform | first | last. The bare words demo, tiny, pi0, kd, attn_late, scratch, first, ...
 are short for one key=value each (`l6.py:demo,pi0` = `l6.py:size=demo,model=pi0`).
 """
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import recipes
 
 
 def get_config(arg=None):
-    return train_config.distill_config(student_depth=6, arg=arg)
+    return recipes.distill_config(student_depth=6, arg=arg)

@@ -11,8 +11,8 @@ on), no delta transform, quantile norm with the teacher's droid stats, the state
 default, kept by openpi's config), horizon 15. DROID RLDS under $TFDS_DATA_DIR (or set data.datasets).
 Distillation: the paper's (experiments/l6.py).
 """
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import recipes
 
 
 def get_config(arg=None):
-    return train_config.openpi_distill_config("pi05_droid", student_depth=6, arg=arg)
+    return recipes.openpi_distill_config("pi05_droid", student_depth=6, arg=arg)

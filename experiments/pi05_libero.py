@@ -11,8 +11,8 @@ physical-intelligence/libero stats, state not in the prompt, horizon 10, prompt 
 under $TFDS_DATA_DIR (or set data.datasets). Distillation: the paper's (experiments/l6.py). Keys after
 ':' as l6.py's except model and size (depth=4, loss=kd, ...).
 """
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import recipes
 
 
 def get_config(arg=None):
-    return train_config.openpi_distill_config("pi05_libero", student_depth=6, arg=arg)
+    return recipes.openpi_distill_config("pi05_libero", student_depth=6, arg=arg)

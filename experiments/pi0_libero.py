@@ -10,8 +10,8 @@ from the task, z-score norm with the teacher's physical-intelligence/libero stat
 tokens, and openpi's extra_delta_transform=True kept (first 6 action dims relative to the state, gripper
 absolute): that is how this teacher was trained. Distillation: the paper's (experiments/l6.py).
 """
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import recipes
 
 
 def get_config(arg=None):
-    return train_config.openpi_distill_config("pi0_libero", student_depth=6, arg=arg)
+    return recipes.openpi_distill_config("pi0_libero", student_depth=6, arg=arg)

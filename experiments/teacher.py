@@ -6,8 +6,8 @@ Keys after ':' (comma-separated key=value; default first): model=pi05 | pi0, siz
 (`size=demo` trains for 3000 steps: the bundled teacher's recipe). The bare words demo, tiny, pi0, pi05 are
 short for one key=value each (`teacher.py:demo,pi0` = `teacher.py:size=demo,model=pi0`).
 """
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import recipes
 
 
 def get_config(arg=None):
-    return train_config.teacher_config(arg)
+    return recipes.teacher_config(arg)

@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from shallow_pi_jax import cli, fileio
 from shallow_pi_jax.perf import aot  # noqa: E402  (imports jax lazily enough for the env below)
-from shallow_pi_jax.training import build, sharding
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import plan as run_plan
+from shallow_pi_jax.training import recipes, sharding
 
 aot.quiet_libtpu_env()
 
@@ -60,7 +60,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    config = train_config.load(args.config)
+    config = recipes.load(args.config)
     if args.remat != "config":
         config.remat = args.remat == "on"
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
@@ -75,9 +75,8 @@ def main(argv=None) -> int:
     topo = aot.tpu_topology(args.topology)
     reports = []
     if args.inference:
-        spec = build.run_spec(aot.step_config(config, "kd"))
-        teacher = spec.teacher_cfg
-        student = spec.student_cfg
+        plan = run_plan.derive(aot.step_config(config, "kd"))
+        teacher, student = plan.teacher, plan.student
         if str(teacher.dtype) != str(student.dtype):  # serve both in the teacher's (accelerator) dtype
             student = dataclasses.replace(student, dtype=teacher.dtype)
         jobs = [(f"teacher sample_actions (L{teacher.depth}, {args.num_steps} steps)", teacher),

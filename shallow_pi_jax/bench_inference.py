@@ -54,7 +54,7 @@ from shallow_pi_jax.models.prefix import PrefixPlan, full_plan, prompt_bucket
 from shallow_pi_jax.perf import costs
 from shallow_pi_jax.serve.policy import Policy
 from shallow_pi_jax.serve.testing import tiny_config
-from shallow_pi_jax.training.config import demo_model
+from shallow_pi_jax.training.recipes import demo_model
 
 PAPER = {"teacher_tflops": 3.39, "student_tflops": 1.30, "teacher_ms": 25.5, "student_ms": 11.3, "device": "H100"}
 

@@ -39,8 +39,8 @@ from tqdm import tqdm  # noqa: E402
 from shallow_pi_jax import cli, fileio  # noqa: E402
 from shallow_pi_jax.models.params import init_params  # noqa: E402
 from shallow_pi_jax.perf import aot, costs  # noqa: E402
-from shallow_pi_jax.training import build, sharding  # noqa: E402
-from shallow_pi_jax.training import config as train_config  # noqa: E402
+from shallow_pi_jax.training import build, recipes, sharding  # noqa: E402
+from shallow_pi_jax.training import plan as run_plan  # noqa: E402
 from shallow_pi_jax.training import step as ts  # noqa: E402
 from shallow_pi_jax.training.metrics import memory_summary  # noqa: E402
 
@@ -51,21 +51,21 @@ def concrete_inputs(config, kind: str, mesh, batch_size: int, seed: int = 0):
     """Real (random-weight) arguments for the `kind` step: the same student state and batch for both kinds."""
     c = aot.step_config(config, kind)
     step, abstract = aot.train_step_and_args(c, mesh, batch_size)
-    spec = build.run_spec(c)
-    tx, _ = build.optimizer(c)
+    plan = run_plan.derive(c)
+    tx, _ = build.optimizer(plan)
     key = jax.random.PRNGKey(seed)
     state_sh, batch_sh, rng_sh = (jax.tree.map(lambda x: x.sharding, a) for a in abstract[:3])
-    params = jax.jit(lambda k: init_params(spec.student_cfg, k))(key)
-    state = jax.jit(lambda p: ts.init_state(p, tx, c.optim.ema_decay is not None), out_shardings=state_sh)(params)
+    params = jax.jit(lambda k: init_params(plan.student, k))(key)
+    state = jax.jit(lambda p: ts.init_state(p, tx, plan.optim.ema_decay is not None), out_shardings=state_sh)(params)
     rs = np.random.default_rng(seed)
     batch = jax.tree.map(lambda x, s: jax.device_put(
         (rs.uniform(-1, 1, x.shape) if jnp.issubdtype(x.dtype, jnp.floating) else np.ones(x.shape)).astype(x.dtype), s),
-        build.abstract_batch(spec.student_cfg, batch_size), batch_sh)
+        build.abstract_batch(plan.student, batch_size), batch_sh)
     teacher = None
-    if spec.teacher_cfg is not None:
+    if plan.teacher is not None:
         t_sh = jax.tree.map(lambda x: x.sharding, abstract[3])
-        dt = jnp.dtype(spec.teacher_cfg.dtype)
-        teacher = jax.jit(lambda k: jax.tree.map(lambda x: x.astype(dt), init_params(spec.teacher_cfg, k)),
+        dt = jnp.dtype(plan.teacher.dtype)
+        teacher = jax.jit(lambda k: jax.tree.map(lambda x: x.astype(dt), init_params(plan.teacher, k)),
                           out_shardings=t_sh)(jax.random.fold_in(key, 1))
     return step, abstract, [state, batch, jax.device_put(key, rng_sh), teacher]
 
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
         raise ValueError(f"--repeats: expected >= 1, got {args.repeats}")
     result = {}
     if not args.skip_timing:
-        small = train_config.load(args.small)
+        small = recipes.load(args.small)
         batch = args.batch or int(small.batch_size)
         t = time_steps(small, batch, args.repeats, jax.devices()[:1])
         result["timing"] = dict(t, config=args.small, batch=batch, device=str(jax.devices()[0].device_kind))
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
               f"{kd['xla_flops'] / plain['xla_flops']:.2f}x "
               f"(matmuls alone {kd['matmul_flops'] / plain['matmul_flops']:.2f}x)")
     if not args.skip_memory:
-        config = train_config.load(args.config)
+        config = recipes.load(args.config)
         mem = real_size_memory(config, counts, args.global_batch)
         result["memory"] = {"config": args.config, "global_batch": args.global_batch, "remat": bool(config.remat),
                             "per_device": {str(k): v for k, v in mem.items()}}

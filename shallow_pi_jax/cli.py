@@ -23,15 +23,11 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from shallow_pi_jax import verbosity
+from shallow_pi_jax import run_dir, verbosity
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # argparse's own status for a bad command line
 EXIT_INTERRUPTED = 130
-
-# What the trainer writes into its --workdir at the end of a run: the student's policy directory.
-RUN_STUDENT = "student"
-
 
 class UsageError(ValueError):
     """A flag's value is wrong (exit status 2, like argparse's own usage errors)."""
@@ -98,10 +94,10 @@ def policy_path(path) -> pathlib.Path:
     p = pathlib.Path(path).expanduser()
     if not p.is_dir() or (p / "params").exists() or (p / "_METADATA").exists():
         return p
-    if (p / RUN_STUDENT).is_dir():
-        return p / RUN_STUDENT
-    if (p / "checkpoints").is_dir() and (p / "config.json").is_file():
-        raise FileNotFoundError(f"{p}: a training run without {RUN_STUDENT}/ (the trainer writes it at the end); "
+    if (p / run_dir.STUDENT).is_dir():
+        return p / run_dir.STUDENT
+    if (p / run_dir.CHECKPOINTS).is_dir() and (p / run_dir.CONFIG).is_file():
+        raise FileNotFoundError(f"{p}: a training run without {run_dir.STUDENT}/ (the trainer writes it at the end); "
                                 f"export a saved step with python -m shallow_pi_jax.export_checkpoint --workdir {p} "
                                 "--out DIR")
     return p

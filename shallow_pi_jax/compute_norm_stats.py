@@ -33,7 +33,7 @@ from shallow_pi_jax import cli
 from shallow_pi_jax.data import compute_stats
 from shallow_pi_jax.data import norm_stats as _ns
 from shallow_pi_jax.data.config import DataConfig, DatasetSpec
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import recipes
 
 
 def bool_mask(text: str) -> tuple[bool, ...]:
@@ -94,7 +94,7 @@ def jobs(args) -> list[tuple[DataConfig, tuple[DatasetSpec, ...], str]]:
                          delta_action_mask=args.delta_action_mask, skip_bad_episodes=args.skip_bad_episodes,
                          process_index=0, process_count=1)
         return [(cfg, (spec,), args.out)]
-    config = train_config.load(args.config)
+    config = recipes.load(args.config)
     cfg = DataConfig.from_any(config.data if "data" in config else config)
     cfg = dataclasses.replace(cfg, process_index=0, process_count=1,
                               skip_bad_episodes=cfg.skip_bad_episodes or args.skip_bad_episodes)

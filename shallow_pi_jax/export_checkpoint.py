@@ -18,7 +18,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from shallow_pi_jax import cli, fileio
-from shallow_pi_jax.training import build
+from shallow_pi_jax.training import plan as run_plan
 from shallow_pi_jax.training.checkpoints import export_student
 
 
@@ -56,11 +56,10 @@ def main(argv=None) -> int:
     params = state["ema_params"] if args.ema else state["params"]
     if params is None:
         raise ValueError(f"--ema: {run} kept no EMA params (optim.ema_decay was None)")
-    spec = build.run_spec(config)
-    lmap = spec.layer_map.to_dict() if spec.layer_map else None
+    plan = run_plan.derive(config)
     with fileio.atomic_dir(args.out) as tmp:
-        export_student(params, tmp, spec.student_cfg.to_dict(), lmap, config.data.norm_stats_path,
-                       config.teacher.params or None)
+        export_student(params, tmp, plan.student, plan.layer_map, plan.data.norm_stats_path,
+                       plan.teacher_params or None)
     print(f"exported step {step} of {run} to {args.out}")
     return 0
 

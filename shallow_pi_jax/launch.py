@@ -31,7 +31,7 @@ import time
 
 from shallow_pi_jax import cli
 
-# Read by training.loop.maybe_initialize_distributed (jax itself reads only the address).
+# Read by training.distributed.maybe_initialize_distributed (jax itself reads only the address).
 COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
 _DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 

@@ -82,13 +82,9 @@ def build_layer_map(args, depth: int) -> layer_maps.LayerMap:
 
 def student_record(teacher: policy_dir.PolicyDir, openpi_config: str | None) -> policy_record.PolicyRecord | None:
     """How the student sees the world: as its teacher (layers do not change a policy's inputs and outputs)."""
-    record = teacher.record
-    if openpi_config:
-        named = policy_record.openpi(openpi_config)
-        if record is not None:
-            policy_record.check_same(record, str(teacher.root / policy_dir.RECORD), named,
-                                     f"--openpi-config {openpi_config}")
-        record = named
+    named = policy_record.openpi(openpi_config) if openpi_config else None
+    record, _ = policy_record.resolve(teacher.record, str(teacher.root / policy_dir.RECORD), named,
+                                      f"--openpi-config {openpi_config}", named_wins=True)
     if record is None:
         return None
     pi05 = is_pi05_tree(teacher.shapes)

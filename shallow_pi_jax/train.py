@@ -31,8 +31,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from shallow_pi_jax import cli, demo, verbosity
-from shallow_pi_jax.training import config as train_config
 from shallow_pi_jax.training import loop
+from shallow_pi_jax.training import plan as run_plan
+from shallow_pi_jax.training.flag_errors import flag_error
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/l6.py:demo.",
                                           lock_config=False)
@@ -72,18 +73,19 @@ def _quiet_closed_loop(default):
 
 
 def run(config, workdir, *, max_steps: int | None = None, progress: bool = True, force: bool = False):
-    """Resolve the embedded default's placeholders, then train (see training.loop.run)."""
-    # Checked before the placeholders are resolved too: resolving may build the demo data and train a demo
-    # teacher (minutes), which a config that cannot run must not wait for.
-    train_config.validate(config)
-    return loop.run(demo.resolve(config), workdir, max_steps=max_steps, progress=progress, force=force)
+    """Resolve the config into a plan, prepare the embedded default's data and teacher, then train (see
+    training.loop.run)."""
+    # Resolved (and so checked) before the demo is prepared: preparing may build the demo data and train a
+    # demo teacher (minutes), which a config that cannot run must not wait for.
+    plan = demo.prepare(run_plan.resolve(config))
+    return loop.run(plan, workdir, max_steps=max_steps, progress=progress, force=force)
 
 
 def _parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except Exception as e:  # noqa: BLE001 - config_flags raises bare KeyError/AttributeError for --config.x
-        cli.report(train_config.flag_error(e, argv), verbose="--verbose" in argv)
+        cli.report(flag_error(e, argv), verbose="--verbose" in argv)
         sys.exit(cli.EXIT_USAGE)
 
 
@@ -107,7 +109,7 @@ def main(argv):
             config = _CONFIG.value
             config.to_dict()  # config_flags stands in an object that raises on first use for a file that failed
         except Exception as e:  # noqa: BLE001 - config_flags loads the file lazily, here
-            raise train_config.flag_error(e, sys.argv) from None
+            raise flag_error(e, sys.argv) from None
         run(config, _WORKDIR.value, force=_FORCE.value)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)

@@ -34,7 +34,7 @@ from shallow_pi_jax.data import norm_stats, synthetic  # noqa: E402
 from shallow_pi_jax.data.compute_stats import compute  # noqa: E402
 from shallow_pi_jax.data.config import DataConfig  # noqa: E402
 from shallow_pi_jax.sim.demo_dataset import build_demo_dataset  # noqa: E402
-from shallow_pi_jax.training import config as train_config  # noqa: E402
+from shallow_pi_jax.training import recipes  # noqa: E402
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "openpi_tiny"
 
@@ -43,7 +43,7 @@ def demo_data_with_stats(root: pathlib.Path, **kwargs):
     """A demo dataset under root/data (build_demo_dataset's kwargs) and its norm stats, computed as the tiny
     distillation config reads it, at root/norm_stats.json: (the dataset, the stats path)."""
     ds = build_demo_dataset(root / "data", **kwargs)
-    c = train_config.distill_config(1, "size=tiny")
+    c = recipes.distill_config(1, "size=tiny")
     c.data.datasets[0]["data_dir"] = str(ds.data_dir)
     c.data.tokenizer_path = str(ds.tokenizer_path)
     dc = DataConfig.from_any(c.data)

@@ -1,6 +1,6 @@
 """The closed-loop distillation ablation on the bundled simulator (`python -m shallow_pi_jax.ablation` is the CLI).
 
-Each arm is a `key=value` config arg of `train_config.distill_config` (or, for `untrained`, the
+Each arm is a `key=value` config arg of `recipes.distill_config` (or, for `untrained`, the
 uniform-map student evaluated without training). Every trained arm gets the same budget (steps,
 batch, schedule); every model is evaluated on the same evaluation episodes (plain-int reset seeds
 from `eval_seed`, never seen in training and never used to choose anything).
@@ -27,7 +27,6 @@ from tqdm import tqdm
 from shallow_pi_jax import demo, fileio
 from shallow_pi_jax.data import transforms
 from shallow_pi_jax.eval.closed_loop import evaluate
-from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.params import init_params
 from shallow_pi_jax.serve.policy import (
     Policy,
@@ -38,8 +37,8 @@ from shallow_pi_jax.serve.policy import (
     warmup_observation,
 )
 from shallow_pi_jax.serve.presets import get_preset
-from shallow_pi_jax.training import config as train_config
-from shallow_pi_jax.training import loop
+from shallow_pi_jax.training import loop, recipes
+from shallow_pi_jax.training import plan as run_plan
 from shallow_pi_jax.training.checkpoints import export_student
 from shallow_pi_jax.training.layer_map import make_layer_map
 from shallow_pi_jax.training.student_init import student_params
@@ -50,7 +49,7 @@ def write_json(path: pathlib.Path, obj) -> None:
     fileio.write_json(path, obj, sort_keys=True)
 
 
-# arm name → (config arg of train_config.distill_config, what it tests). "uniform" is the paper's map,
+# arm name → (config arg of recipes.distill_config, what it tests). "uniform" is the paper's map,
 # round(linspace(0, L_t − 1, L_s)) for both stacks ([0, 3, 7, 10, 14, 17] at 18 → 6).
 ARMS = {
     "task_only": ("loss=task_only", "uniform map, task loss only"),
@@ -152,7 +151,7 @@ def demo_opts(cfg: AblationConfig, *extra: str | None) -> str:
 
 
 def teacher_run_config(cfg: AblationConfig):
-    c = train_config.teacher_config(demo_opts(cfg))
+    c = recipes.teacher_config(demo_opts(cfg))
     _budget(c, cfg.teacher_steps)
     # At 3000 steps this is exactly the bundled demo teacher's recipe (experiments/teacher.py:demo).
     c.optim.warmup_steps = max(1, min(100, cfg.teacher_steps // 15))
@@ -160,9 +159,9 @@ def teacher_run_config(cfg: AblationConfig):
 
 
 def arm_config(cfg: AblationConfig, arm: str, depth: int, seed: int, teacher_dir: pathlib.Path):
-    c = train_config.distill_config(depth, demo_opts(cfg, ARMS[arm][0]))
+    c = recipes.distill_config(depth, demo_opts(cfg, ARMS[arm][0]))
     c.model = json.loads((teacher_dir / "model_config.json").read_text())
-    train_config.match_data_to_model(c.data, c.model)  # the inputs the teacher was trained on
+    recipes.match_data_to_model(c.data, c.model)  # the inputs the teacher was trained on
     c.teacher.params = str(teacher_dir / "params")
     c.data.norm_stats_path = str(teacher_dir / "assets" / "norm_stats.json")
     c.seed = seed
@@ -258,7 +257,7 @@ def ensure_teacher(cfg: AblationConfig, out: pathlib.Path, log) -> pathlib.Path:
             random_teacher(teacher_run_config(cfg), run_dir / "student")
         else:
             log(f"training the teacher ({cfg.teacher_steps} steps) in {run_dir}")
-            loop.run(demo.resolve(teacher_run_config(cfg)), run_dir)
+            loop.run(demo.prepare(run_plan.resolve(teacher_run_config(cfg))), run_dir)
         done.write_text("ok\n")
     return run_dir / "student"
 
@@ -267,12 +266,12 @@ def random_teacher(c, out_dir: pathlib.Path) -> None:
     """An untrained full-depth model exported like a trained one (params/, model_config.json, assets/)."""
 
 
-    c = demo.resolve(c)
-    cfg = ModelConfig.from_dict(c.model)
-    params = jax.device_get(init_params(cfg, jax.random.PRNGKey(c.seed)))
+    # Derived, not resolved: its budget is 0 steps (teacher_steps=0), which a config to train is refused for.
+    plan = demo.prepare(run_plan.derive(c))
+    params = jax.device_get(init_params(plan.model, jax.random.PRNGKey(plan.seed)))
     if out_dir.exists():  # a half-written one from an interrupted call
         shutil.rmtree(out_dir)
-    export_student(params, out_dir, cfg.to_dict(), None, c.data.norm_stats_path, None)
+    export_student(params, out_dir, plan.model, None, plan.data.norm_stats_path, None)
 
 
 def run(cfg: AblationConfig, log: Callable[[str], None] = print, progress: bool = True) -> None:
@@ -298,8 +297,8 @@ def run(cfg: AblationConfig, log: Callable[[str], None] = print, progress: bool 
             else:
                 wd = out / "runs" / f"L{depth}_{arm}_s{seed}"
                 log(f"training {label} ({cfg.steps} steps) in {wd}")
-                c = demo.resolve(arm_config(cfg, arm, depth, seed, teacher_dir))
-                metrics, _ = loop.run(c, wd, progress=progress)
+                plan = demo.prepare(run_plan.resolve(arm_config(cfg, arm, depth, seed, teacher_dir)))
+                metrics, _ = loop.run(plan, wd, progress=progress)
                 policy = demo_policy(wd / "student")
                 extra = {"train_steps": cfg.steps, "final_train_metrics": metrics, "train_seconds": time.time() - t0}
                 if not cfg.keep_checkpoints:

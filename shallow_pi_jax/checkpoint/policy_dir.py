@@ -124,7 +124,8 @@ def write(out_dir, params, model_config: ModelConfig, *, layer_map: dict | None 
     if check_finite:
         openpi_params.assert_finite(params, f"params to write to {out_dir}")
     if record is not None:
-        _check_record(record, model_config, f"the policy record to write to {out_dir}")
+        policy_record.check_model(record, f"the policy record to write to {out_dir}", model_config,
+                                  "the model config says")
     out_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         # The old manifest would describe the old files while the new ones are written.
@@ -148,15 +149,6 @@ def write(out_dir, params, model_config: ModelConfig, *, layer_map: dict | None 
         fileio.write_bytes(out_dir / ASSETS / NORM_STATS, src.read_bytes())
     checksums.write_manifest(out_dir)
     return out_dir
-
-
-def _check_record(record: policy_record.PolicyRecord, cfg: ModelConfig, where: str) -> None:
-    """The record and the model it describes must agree on everything both state."""
-    for name, model_value in (("pi05", cfg.pi05), ("cameras", tuple(cfg.image_keys)),
-                              ("max_token_len", cfg.max_token_len), ("action_horizon", cfg.action_horizon),
-                              ("action_dim", cfg.action_dim)):
-        if getattr(record, name) != model_value:
-            raise ValueError(f"{name}: {where} says {getattr(record, name)!r}, the model config says {model_value!r}")
 
 
 def write_checksums(root) -> pathlib.Path:

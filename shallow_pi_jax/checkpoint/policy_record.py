@@ -118,6 +118,28 @@ def check_same(a: PolicyRecord, a_name: str, b: PolicyRecord, b_name: str) -> No
                                    for key, (va, vb) in diff.items()))
 
 
+def resolve(own: PolicyRecord | None, own_where: str, named: PolicyRecord | None, named_where: str, *,
+            named_wins: bool) -> tuple[PolicyRecord | None, str]:
+    """(the record, where it comes from) of a policy: its own (its policy_record.json), else the one it
+    is named by (an openpi config, a preset), else None. Given both, they must agree on every field both
+    state (one ValueError naming each difference); `named_wins` then picks which one is kept (the
+    named one may state what the own one leaves open, and says where it came from)."""
+    if own is not None and named is not None:
+        check_same(own, own_where, named, named_where)
+        return (named, named_where) if named_wins else (own, own_where)
+    return (own, own_where) if own is not None else (named, named_where)
+
+
+def check_model(record: PolicyRecord, where: str, cfg, model: str) -> None:
+    """The record and the model config `cfg` it describes must agree on everything both state; `model`
+    names the model in the error ("the model config says", "the model (DIR) has")."""
+    for name, model_value in (("pi05", cfg.pi05), ("cameras", tuple(cfg.image_keys)),
+                              ("max_token_len", cfg.max_token_len), ("action_horizon", cfg.action_horizon),
+                              ("action_dim", cfg.action_dim)):
+        if getattr(record, name) != model_value:
+            raise ValueError(f"{name}: {where} says {getattr(record, name)!r}, {model} {model_value!r}")
+
+
 def read(root) -> PolicyRecord | None:
     """DIR/policy_record.json of a policy directory; None when it has none (openpi's checkpoints)."""
     path = fileio.source(root) / FILE

@@ -36,6 +36,7 @@ from shallow_pi_jax.models.params import param_shapes
 from shallow_pi_jax.models.pi0 import Pi0
 from shallow_pi_jax.perf.costs import compile_timed, matmul_flops, unroll_scans, xla_cost
 from shallow_pi_jax.training import build, sharding
+from shallow_pi_jax.training import plan as run_plan
 from shallow_pi_jax.training.metrics import memory_summary
 
 GiB = 2 ** 30
@@ -143,7 +144,7 @@ def step_config(config, kind: str):
 def train_step_and_args(config, mesh, global_batch: int):
     """The trainer's jitted sharded step and abstract sharded (state, batch, rng, teacher) for it."""
     sharding.check_batch_divisible(global_batch, mesh)
-    return build.abstract_step_inputs(config, mesh, global_batch)
+    return build.abstract_step_inputs(run_plan.derive(config), mesh, global_batch)
 
 
 def _train_depths(config, kind: str) -> dict[str, int]:

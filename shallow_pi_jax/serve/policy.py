@@ -193,13 +193,9 @@ def resolve_record(pd: policy_dir.PolicyDir, cfg: ModelConfig, preset: EnvPreset
                    openpi_config: str | None = None) -> policy_record.PolicyRecord | None:
     """The checkpoint's policy_record.json; for one without (openpi's), the named openpi config's record,
     else the preset's default. A named config or a preset that contradicts it is an error naming both."""
-    where = f"{pd.root / policy_dir.RECORD}"
-    record = pd.record
-    if openpi_config:
-        named = policy_record.openpi(openpi_config)
-        if record is not None:
-            policy_record.check_same(record, where, named, f"--openpi-config {openpi_config}")
-        record, where = named, f"--openpi-config {openpi_config}"
+    named = policy_record.openpi(openpi_config) if openpi_config else None
+    record, where = policy_record.resolve(pd.record, f"{pd.root / policy_dir.RECORD}", named,
+                                          f"--openpi-config {openpi_config}", named_wins=True)
     if record is None:
         if preset is None:
             return None
@@ -208,12 +204,7 @@ def resolve_record(pd: policy_dir.PolicyDir, cfg: ModelConfig, preset: EnvPreset
                                      max_token_len=cfg.max_token_len, action_horizon=cfg.action_horizon,
                                      action_dim=cfg.action_dim)
         where = f"--env {preset.name}'s default for {pd.root}"
-    for name, model_value in (("pi05", cfg.pi05), ("cameras", tuple(cfg.image_keys)),
-                              ("max_token_len", cfg.max_token_len), ("action_horizon", cfg.action_horizon),
-                              ("action_dim", cfg.action_dim)):
-        if getattr(record, name) != model_value:
-            raise ValueError(f"{name}: {where} says {getattr(record, name)!r}, the model "
-                             f"({pd.root}) has {model_value!r}")
+    policy_record.check_model(record, where, cfg, f"the model ({pd.root}) has")
     if preset is not None:
         preset.check_record(record, where)
     return record

@@ -16,10 +16,12 @@ import pathlib
 import jax
 import orbax.checkpoint as ocp
 
+from shallow_pi_jax import run_dir
 from shallow_pi_jax.checkpoint import policy_dir, policy_record
 from shallow_pi_jax.models.config import ModelConfig
+from shallow_pi_jax.training.layer_map import LayerMap
 
-BAD_DIR = "checkpoints_bad"
+BAD_DIR = run_dir.BAD_CHECKPOINTS
 
 
 def _reason(e: BaseException) -> str:
@@ -32,7 +34,7 @@ class RunCheckpoints:
     a run that fails before its first save leaves no checkpoints/ behind."""
 
     def __init__(self, workdir: pathlib.Path, keep: int, async_save: bool = True):
-        self.directory = (pathlib.Path(workdir) / "checkpoints").absolute()
+        self.directory = (pathlib.Path(workdir) / run_dir.CHECKPOINTS).absolute()
         self._keep, self._async = keep, async_save
         self._mngr = self._open() if self.directory.is_dir() else None
         self._in_flight = None  # the step a background save is writing: what a later error is about
@@ -159,11 +161,11 @@ class RunCheckpoints:
         return str(max(steps)) if steps else "none"
 
 
-def export_student(params, out_dir: pathlib.Path, model_config: dict, layer_map: dict | None,
+def export_student(params, out_dir: pathlib.Path, model_config: ModelConfig, layer_map: LayerMap | None,
                    norm_stats_path: str | None, teacher_params: str | None,
                    record: policy_record.PolicyRecord | None = None) -> pathlib.Path:
     """Write the student as a policy directory (params/ in openpi's layout + assets/ + metadata), with
-    `record` (build.student_record) as its policy_record.json: what serving must feed it."""
-    lm = None if layer_map is None else {**layer_map, "teacher": teacher_params}
-    return policy_dir.write(out_dir, params, ModelConfig.from_dict(model_config), layer_map=lm,
-                            norm_stats=norm_stats_path or None, record=record)
+    `record` (the plan's) as its policy_record.json: what serving must feed it."""
+    lm = None if layer_map is None else {**layer_map.to_dict(), "teacher": teacher_params}
+    return policy_dir.write(out_dir, params, model_config, layer_map=lm, norm_stats=norm_stats_path or None,
+                            record=record)

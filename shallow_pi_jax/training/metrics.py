@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 import jax
 
+from shallow_pi_jax import run_dir
+
 
 class MetricWriter:
     def __init__(self, workdir: pathlib.Path, wandb_cfg=None, config_dict: dict | None = None):
@@ -16,7 +18,7 @@ class MetricWriter:
             return
         from tensorboardX import SummaryWriter
 
-        self._dir = workdir / "tensorboard"
+        self._dir = workdir / run_dir.TENSORBOARD
         self._tb = SummaryWriter(str(self._dir))
         if wandb_cfg is not None and wandb_cfg.enabled:
             try:

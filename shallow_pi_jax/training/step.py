@@ -52,7 +52,7 @@ def make_optimizer(peak_lr: float, warmup_steps: int, decay_steps: int, end_lr: 
     """openpi's AdamW: linear warmup from peak/(warmup+1), cosine to `end_lr`, global-norm clipping.
 
     No defaults here: openpi's values (b1 0.9, b2 0.95, eps 1e-8, weight decay 1e-10, clip 1.0) are the
-    experiment config's (training/config.py), so they are written once.
+    experiment config's (training/recipes.py), so they are written once.
 
     `freeze(path) -> bool` marks params that get no update and keep no optimizer state.
     Returns (optax transformation, learning-rate schedule).

@@ -13,7 +13,7 @@ import pytest
 from shallow_pi_jax.ablation import paired, report
 from shallow_pi_jax.ablation import run as ablation
 from shallow_pi_jax.eval.closed_loop import wilson_interval
-from shallow_pi_jax.training.config import demo_model
+from shallow_pi_jax.training.recipes import demo_model
 
 REPO = pathlib.Path(__file__).parents[2]
 

@@ -6,21 +6,22 @@ import pytest
 
 from shallow_pi_jax import demo
 from shallow_pi_jax.eval.closed_loop import evaluate
+from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.serve.policy import load_policy
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import recipes
 
 
 def test_shipped_teacher_only_for_its_own_architecture(tmp_path, monkeypatch):
     monkeypatch.setenv("SHALLOW_PI_CACHE", str(tmp_path))
     shipped = json.loads((demo.PACKAGE_TEACHER / "model_config.json").read_text())
-    same = train_config.distill_config(6, "size=demo,model=pi05" if shipped["pi05"] else "size=demo,model=pi0")
-    assert demo.demo_teacher(same) == demo.PACKAGE_TEACHER / "params"
+    same = recipes.distill_config(6, "size=demo,model=pi05" if shipped["pi05"] else "size=demo,model=pi0")
+    assert demo.demo_teacher(ModelConfig.from_dict(same.model)) == demo.PACKAGE_TEACHER / "params"
 
-    other = train_config.distill_config(6, "size=demo,model=pi0" if shipped["pi05"] else "size=demo,model=pi05")
-    built = demo.built_teacher_dir(other.model)
-    assert built.parent == tmp_path and built != demo.built_teacher_dir(same.model)
+    other = recipes.distill_config(6, "size=demo,model=pi0" if shipped["pi05"] else "size=demo,model=pi05")
+    built = demo.built_teacher_dir(ModelConfig.from_dict(other.model))
+    assert built.parent == tmp_path and built != demo.built_teacher_dir(ModelConfig.from_dict(same.model))
     (built / "params").mkdir(parents=True)  # stands in for a teacher trained earlier (training takes minutes)
-    assert demo.demo_teacher(other) == built / "params"
+    assert demo.demo_teacher(ModelConfig.from_dict(other.model)) == built / "params"
 
 
 @pytest.mark.slow

@@ -35,7 +35,7 @@ from shallow_pi_jax.data.pipeline import make_dataset
 from shallow_pi_jax.data.tokenizer import PaligemmaTokenizer
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.params import init_params
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import recipes
 
 REPO = "physical-intelligence/libero"
 ROOT = pathlib.Path(__file__).parents[2]
@@ -442,7 +442,7 @@ def test_distils_a_few_steps_on_a_lerobot_dataset(world, tmp_path):
     write_lerobot(tmp_path / "data" / REPO, raw_episodes(np.random.default_rng(2), lengths=(12, 9)))
     # experiments/l6.py's tiny smoke test shrunk to a 2-layer teacher and a 1-layer student, run by the train
     # command as a user runs it, on one device (the 8 simulated ones of this process would triple its time).
-    c = train_config.distill_config(1, "size=tiny")
+    c = recipes.distill_config(1, "size=tiny")
     c.model.llm.depth = c.model.expert.depth = 2
     teacher = tmp_path / "teacher" / "params"
     openpi_params.save_params(jax.device_get(init_params(ModelConfig.from_dict(c.model), jax.random.PRNGKey(0))),

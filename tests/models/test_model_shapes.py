@@ -151,7 +151,7 @@ def test_checkpoint_of_another_architecture_is_rejected():
 def test_from_scratch_token_embedding_init_is_openpis():
     """openpi initialises the token table with std 0.01 (it is then scaled by sqrt(width))."""
     from shallow_pi_jax.models.params import init_params
-    from shallow_pi_jax.training.config import demo_model
+    from shallow_pi_jax.training.recipes import demo_model
 
     table = init_params(demo_model(depth=2), jax.random.PRNGKey(0))["PaliGemma"]["llm"]["embedder"]["input_embedding"]
     assert table.shape == (512, 64)

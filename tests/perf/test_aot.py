@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from shallow_pi_jax.perf import aot, costs
-from shallow_pi_jax.training import config as train_config
-from shallow_pi_jax.training import sharding
+from shallow_pi_jax.training import recipes, sharding
 
 ROOT = pathlib.Path(__file__).parents[2]
 NO_LIBTPU = aot.libtpu_missing()
@@ -21,7 +20,7 @@ aot.quiet_libtpu_env()
 
 
 def l6(arg=""):
-    return train_config.load(f"{ROOT / 'experiments' / 'l6.py'}:{arg}")
+    return recipes.load(f"{ROOT / 'experiments' / 'l6.py'}:{arg}")
 
 
 def test_matmul_flops_counts_loop_trips_and_remat():

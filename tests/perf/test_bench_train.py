@@ -7,14 +7,14 @@ import pytest
 from shallow_pi_jax import bench_train
 from shallow_pi_jax.models.pi0 import Pi0
 from shallow_pi_jax.perf import aot, costs
-from shallow_pi_jax.training import build, sharding
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import plan as run_plan
+from shallow_pi_jax.training import recipes, sharding
 
 ROOT = pathlib.Path(__file__).parents[2]
 
 
 def small_config():
-    c = train_config.load(f"{ROOT / 'experiments' / 'l6.py'}:size=tiny")
+    c = recipes.load(f"{ROOT / 'experiments' / 'l6.py'}:size=tiny")
     c.model.llm.depth = c.model.expert.depth = 2
     c.model.siglip.depth = 1
     c.student.depth = 1
@@ -28,11 +28,11 @@ def test_kd_step_costs_plain_step_plus_teacher_forward():
     mesh = sharding.make_mesh(1, -1, devices=jax.devices()[:1])
     kd = costs.matmul_flops(*_step(config, "kd", mesh, batch))
     plain = costs.matmul_flops(*_step(config, "plain", mesh, batch))
-    spec = build.run_spec(aot.step_config(config, "kd"))
+    plan = run_plan.derive(aot.step_config(config, "kd"))
     _, (state, b, rng, teacher) = aot.train_step_and_args(aot.step_config(config, "kd"), mesh, batch)
     obs = {k: v for k, v in b.items() if k != "actions"}
     t_fwd = costs.matmul_flops(
-        lambda p, o, x, t: Pi0(spec.teacher_cfg).apply({"params": p}, o, x, t, method=Pi0.velocity),
+        lambda p, o, x, t: Pi0(plan.teacher).apply({"params": p}, o, x, t, method=Pi0.velocity),
         teacher, obs, b["actions"], jax.ShapeDtypeStruct((batch,), b["actions"].dtype))
     assert kd == pytest.approx(plain + t_fwd, rel=1e-9)
 

@@ -5,19 +5,19 @@ import pathlib
 import jax
 import pytest
 
-from shallow_pi_jax.training import build, sharding
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import build, recipes, sharding
+from shallow_pi_jax.training import plan as run_plan
 from shallow_pi_jax.training.metrics import memory_summary
 
 pytestmark = pytest.mark.slow
 
 
 def test_real_size_l6_step_compiles_on_8_devices():
-    config = train_config.load(str(pathlib.Path(__file__).parents[2] / "experiments" / "l6.py"))
+    config = recipes.load(str(pathlib.Path(__file__).parents[2] / "experiments" / "l6.py"))
     config.teacher.params = "/nonexistent/teacher/params"  # only its shapes are used
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     assert mesh.devices.size == 8
-    step, args = build.abstract_step_inputs(config, mesh, global_batch=64)
+    step, args = build.abstract_step_inputs(run_plan.derive(config), mesh, global_batch=64)
     state, batch, rng, teacher = args
     n_student = sum(x.size for x in jax.tree.leaves(state.params))
     n_teacher = sum(x.size for x in jax.tree.leaves(teacher))

@@ -17,12 +17,14 @@ from conftest import demo_data_with_stats
 
 from shallow_pi_jax import export_onnx, make_student, train
 from shallow_pi_jax.checkpoint import policy_dir, policy_record
+from shallow_pi_jax.data.config import DataConfig
 from shallow_pi_jax.data.pipeline import make_dataset
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.serve.policy import load_checkpoint, load_policy
 from shallow_pi_jax.serve.presets import get_preset
 from shallow_pi_jax.serve.testing import random_params
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import plan as run_plan
+from shallow_pi_jax.training import recipes, records
 
 REPO = pathlib.Path(__file__).parents[2]
 TEACHER_DEPTH = 2  # the smallest teacher a 1-layer student can be distilled from
@@ -55,7 +57,7 @@ def demo(tmp_path_factory):
 
 def tiny_distill_config(model: str):
     """experiments/l6.py's tiny smoke test shrunk to a 2-layer teacher (and a 1-layer student)."""
-    c = train_config.distill_config(1, f"size=tiny,model={model}")
+    c = recipes.distill_config(1, f"size=tiny,model={model}")
     c.model.llm.depth = c.model.expert.depth = TEACHER_DEPTH
     return c
 
@@ -144,15 +146,15 @@ def test_the_record_is_checked_copied_and_contradictions_name_both_values(demo, 
 
 
 def test_a_data_config_contradicting_the_teacher_names_both_values(tmp_path):
-    c = train_config.load(f"{REPO}/experiments/l6.py")  # π0.5's default: the state in the prompt
+    c = recipes.load(f"{REPO}/experiments/l6.py")  # π0.5's default: the state in the prompt
     (tmp_path / "teacher").mkdir()
     c.teacher.params, c.teacher.preset = str(tmp_path / "teacher"), "pi05_libero"
     with pytest.raises(ValueError, match=r"state_in_prompt: teacher.preset='pi05_libero' says False, "
                                          r"config.data.discrete_state_input gives True"):
-        train_config.teacher_record(c)
+        records.teacher_record(DataConfig.from_any(c.data), c.teacher.params, c.teacher.preset)
     c.teacher.preset = ""
     with pytest.raises(ValueError, match=r"config.teacher.preset: expected the openpi config .* got ''"):
-        train_config.teacher_record(c)
+        records.teacher_record(DataConfig.from_any(c.data), c.teacher.params, c.teacher.preset)
 
 
 def test_the_asset_id_is_compared_when_both_records_state_one():
@@ -175,14 +177,14 @@ def test_onnx_export_reads_the_cameras_the_record_has_the_robot_send():
 
 @pytest.mark.parametrize("name", ["pi05_libero", "pi0_libero", "pi05_droid"])
 def test_openpi_recipes_validate_and_equal_openpis_record(name, tmp_path):
-    c = train_config.load(f"{REPO}/experiments/{name}.py")
+    c = recipes.load(f"{REPO}/experiments/{name}.py")
     for p in ("teacher/params", "tok.model", "norm_stats.json"):
         (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / p).touch()
     c.teacher.params = str(tmp_path / "teacher")
     c.data.tokenizer_path, c.data.norm_stats_path = str(tmp_path / "tok.model"), str(tmp_path / "norm_stats.json")
-    train_config.validate(c)
-    assert policy_record.differences(train_config.teacher_record(c), policy_record.OPENPI[name]) == {}
+    plan = run_plan.resolve(c)
+    assert policy_record.differences(plan.record, policy_record.OPENPI[name]) == {}
     assert c.student.depth == 6 and c.loss.attention_kd == 1.0 and c.loss.velocity_kd == 1.0
     if name.endswith("libero"):
         assert [d["name"] for d in c.data.datasets] == [f"libero_{s}_no_noops" for s in
@@ -193,7 +195,7 @@ def test_openpi_recipes_validate_and_equal_openpis_record(name, tmp_path):
 def test_a_config_error_leaves_the_workdir_untouched(tmp_path, spec):
     """`--config experiments/l6.py` without a teacher, a recipe without one, a demo config with a bad value:
     refused before anything is written (and, for the demo, before its data or teacher are built)."""
-    c = train_config.load(f"{REPO}/experiments/{spec}")
+    c = recipes.load(f"{REPO}/experiments/{spec}")
     if spec.endswith("tiny"):
         c.num_steps = 0
     match = r"config\.num_steps" if spec.endswith("tiny") else r"config\.teacher\.params"

@@ -4,13 +4,13 @@ import pathlib
 
 import pytest
 
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import recipes
 
 EXPERIMENTS = pathlib.Path(__file__).parents[2] / "experiments"
 
 
 def l6(arg=""):
-    return train_config.load(f"{EXPERIMENTS / 'l6.py'}:{arg}" if arg else str(EXPERIMENTS / "l6.py"))
+    return recipes.load(f"{EXPERIMENTS / 'l6.py'}:{arg}" if arg else str(EXPERIMENTS / "l6.py"))
 
 
 @pytest.mark.parametrize("arg, fields", [
@@ -53,8 +53,8 @@ def test_defaults_are_the_papers_recipe():
 
 @pytest.mark.parametrize("name, depth", [("l4", 4), ("l6", 6), ("l9", 9)])
 def test_depth_key_overrides_every_experiments_default(name, depth):
-    assert train_config.load(str(EXPERIMENTS / f"{name}.py")).student.depth == depth
-    assert train_config.load(f"{EXPERIMENTS / name}.py:depth=4,size=demo").student.depth == 4
+    assert recipes.load(str(EXPERIMENTS / f"{name}.py")).student.depth == depth
+    assert recipes.load(f"{EXPERIMENTS / name}.py:depth=4,size=demo").student.depth == 4
 
 
 @pytest.mark.parametrize("alias, kv", [
@@ -71,12 +71,12 @@ def test_old_aliases_equal_the_key_value_form(alias, kv):
 
 
 def test_teacher_takes_model_and_size():
-    c = train_config.teacher_config("size=demo,model=pi0")
+    c = recipes.teacher_config("size=demo,model=pi0")
     assert c.teacher.params == "" and not c.model.pi05 and c.num_steps == 3000 and c.student.init == "scratch"
-    assert train_config.teacher_config("demo").to_dict() == train_config.teacher_config("size=demo").to_dict()
-    assert train_config.teacher_config("size=tiny").num_steps == 4  # tiny keeps its smoke-test budget
+    assert recipes.teacher_config("demo").to_dict() == recipes.teacher_config("size=demo").to_dict()
+    assert recipes.teacher_config("size=tiny").num_steps == 4  # tiny keeps its smoke-test budget
     with pytest.raises(ValueError, match=r"unknown key 'loss'.*valid keys: model, size"):
-        train_config.teacher_config("kd")
+        recipes.teacher_config("kd")
 
 
 @pytest.mark.parametrize("arg, match", [
@@ -100,8 +100,8 @@ def test_bad_args_name_the_key_and_the_valid_values(arg, match):
 
 def test_load_errors_name_the_path(tmp_path):
     with pytest.raises(ValueError, match="no such file 'experiments/nope.py'"):
-        train_config.load("experiments/nope.py:demo")
+        recipes.load("experiments/nope.py:demo")
     empty = tmp_path / "empty.py"
     empty.write_text("X = 1\n")
     with pytest.raises(ValueError, match=f"{empty} has no get_config"):
-        train_config.load(str(empty))
+        recipes.load(str(empty))

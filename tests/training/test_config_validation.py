@@ -14,7 +14,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from shallow_pi_jax.data import norm_stats as ns
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import plan as run_plan
+from shallow_pi_jax.training import recipes
+from shallow_pi_jax.training.flag_errors import flag_error
 
 REPO = pathlib.Path(__file__).parents[2]
 L6 = str(REPO / "experiments" / "l6.py")
@@ -46,7 +48,7 @@ def parse(*args, spec=L6):
 
 
 def demo(**changes):
-    c = train_config.load(f"{L6}:size=demo")
+    c = recipes.load(f"{L6}:size=demo")
     for key, value in changes.items():
         *parents, leaf = key.split(".")
         node = c
@@ -101,7 +103,7 @@ def test_every_leaf_of_every_experiment_can_be_overridden():
     """ml_collections refuses an override of a list or an untyped None field; none may remain."""
     supported = (int, float, bool, str, tuple)
     for spec in ("l6.py", "l6.py:size=demo", "l6.py:size=tiny", "teacher.py:size=demo"):
-        c = train_config.load(str(REPO / "experiments" / spec))
+        c = recipes.load(str(REPO / "experiments" / spec))
 
         def walk(node, path):
             for key in node.keys():
@@ -128,7 +130,7 @@ def test_readme_real_job_command_parses_and_validates(tmp_path):
     for value in (c.data.norm_stats_path, c.data.tokenizer_path):
         pathlib.Path(value).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(value).write_bytes(b"")
-    train_config.validate(c)
+    run_plan.resolve(c)
     assert [d["name"] for d in c.data.datasets] == [f"libero_{s}_no_noops" for s in ("spatial", "object", "goal", "10")]
     assert c.teacher.preset == "pi05_libero" and c.data.discrete_state_input is False
 
@@ -136,7 +138,7 @@ def test_readme_real_job_command_parses_and_validates(tmp_path):
 def test_experiment_configs_are_valid():
     for spec in ("l4.py:size=demo", "l6.py:size=demo", "l6.py:size=tiny", "l9.py:size=demo,model=pi0,loss=kd",
                  "l6.py:size=demo,init=scratch", "l6.py:size=demo,layer_map=last", "teacher.py:size=demo"):
-        train_config.validate(train_config.load(str(REPO / "experiments" / spec)))
+        run_plan.resolve(recipes.load(str(REPO / "experiments" / spec)))
 
 
 @pytest.mark.parametrize("changes, match", [
@@ -179,14 +181,14 @@ def test_experiment_configs_are_valid():
 ])
 def test_bad_values_are_refused_naming_the_key(changes, match):
     with pytest.raises(ValueError, match=match):
-        train_config.validate(demo(**changes))
+        run_plan.resolve(demo(**changes))
 
 
 def test_velocity_kd_without_a_teacher_is_refused():
-    c = train_config.load(f"{REPO}/experiments/teacher.py:size=demo")
+    c = recipes.load(f"{REPO}/experiments/teacher.py:size=demo")
     c.loss.velocity_kd = 1.0
     with pytest.raises(ValueError, match=r"config\.loss\.velocity_kd: expected 0: there is no teacher.*got 1\.0"):
-        train_config.validate(c)
+        run_plan.resolve(c)
 
 
 @pytest.mark.parametrize("datasets, match", [
@@ -207,7 +209,7 @@ def test_velocity_kd_without_a_teacher_is_refused():
 ])
 def test_malformed_dataset_specs_are_refused(datasets, match):
     with pytest.raises(ValueError, match=match):
-        train_config.validate(demo(**{"data.datasets": datasets}))
+        run_plan.resolve(demo(**{"data.datasets": datasets}))
 
 
 @pytest.mark.parametrize("args, match", [
@@ -224,14 +226,14 @@ def test_flag_errors_become_one_line(args, match):
     argv = ["train", f"--config={spec}", *args]
     with pytest.raises(Exception) as raised:
         parse(*args, spec=spec).batch_size  # a bad config file is only raised when the config is used
-    error = train_config.flag_error(raised.value, argv)
+    error = flag_error(raised.value, argv)
     assert isinstance(error, ValueError) and "\n" not in str(error)
     assert re.search(match, str(error)), str(error)
 
 
 def test_no_such_config_file_is_one_line():
     argv = ["train", "--config", "experiments/nope.py", "--config.batch_size=3"]
-    error = train_config.flag_error(OSError("Failed loading config file\n  Attempted ..."), argv)
+    error = flag_error(OSError("Failed loading config file\n  Attempted ..."), argv)
     assert str(error) == ("config: no such file 'experiments/nope.py' (expected e.g. experiments/l6.py or "
                           "experiments/l6.py:demo)")
 

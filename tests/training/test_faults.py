@@ -25,7 +25,7 @@ import pytest
 
 from shallow_pi_jax.data import norm_stats as ns
 from shallow_pi_jax.data import synthetic
-from shallow_pi_jax.training import loop
+from shallow_pi_jax.training import resume
 
 REPO = pathlib.Path(__file__).parents[2]
 EXIT_WITHIN_S = 60   # from the `error:` line to the end of the process
@@ -34,7 +34,7 @@ HANG_S = 300         # a run still going after this is a hang: killed, and the t
 CONFIG = r'''
 import builtins, errno, os, re
 
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import recipes
 
 STEP_TMP = re.compile(r"/checkpoints/(\d+)\.orbax-checkpoint-tmp(/|$)")
 
@@ -84,7 +84,7 @@ def _inject(fault):
 def get_config(arg="good"):
     dataset, _, fault = arg.partition(",")
     _inject(fault)
-    c = train_config.teacher_config("size=tiny")  # plain training: the whole loop, no teacher to load
+    c = recipes.teacher_config("size=tiny")  # plain training: the whole loop, no teacher to load
     for part in ("llm", "expert"):
         c.model[part]["depth"] = 2
     c.model["siglip"]["depth"] = 1
@@ -353,8 +353,8 @@ def test_force_resumes_with_a_changed_config_and_keeps_the_old_one(runs):
 def test_a_key_added_since_the_run_was_saved_resumes_only_at_the_older_behaviour():
     old = {"student": {"depth": 6, "layer_map": "uniform"}, "num_steps": 10}
     new = {"student": {"depth": 6, "layer_map": "uniform", "expert_map": "same"}, "num_steps": 20}
-    refused, allowed = loop.config_changes(old, new)
+    refused, allowed = resume.config_changes(old, new)
     assert refused == {} and set(allowed) == {"num_steps", "student.expert_map"}
     new["student"]["expert_map"] = "uniform"  # a change of what is trained is still refused
-    refused, _ = loop.config_changes(old, new)
+    refused, _ = resume.config_changes(old, new)
     assert refused == {"student.expert_map": ("<absent>", "uniform")}

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from shallow_pi_jax.training import build
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import plan as run_plan
+from shallow_pi_jax.training import recipes
 from shallow_pi_jax.training.layer_map import (
     LayerMap,
     first_indices,
@@ -138,18 +138,18 @@ def test_from_config_strings_and_the_config_keys():
     with pytest.raises(ValueError, match="student.layer_map"):
         from_config(18, 6, "0,x")
     # the config keys: layer_map alone maps both stacks; expert_map=uniform with it is the published code's map
-    c = train_config.distill_config(6, "size=demo,layer_map=first,expert_map=uniform")
+    c = recipes.distill_config(6, "size=demo,layer_map=first,expert_map=uniform")
     assert (c.student.layer_map, c.student.expert_map) == ("first", "uniform")
-    c = train_config.distill_config(6, "size=demo,first")
+    c = recipes.distill_config(6, "size=demo,first")
     assert (c.student.layer_map, c.student.expert_map) == ("first", "same")
     with pytest.raises(ValueError, match="expert_map='middle' is not one of same, uniform, first, last"):
-        train_config.distill_config(6, "expert_map=middle")
-    c = train_config.distill_config(3, "size=demo")
+        recipes.distill_config(6, "expert_map=middle")
+    c = recipes.distill_config(3, "size=demo")
     c.student.expert_map = "0,5"
     with pytest.raises(ValueError, match="config.student.expert_map"):
-        train_config.validate(c)
+        run_plan.resolve(c)
     c.student.expert_map = "0,5,17"
-    train_config.validate(c)
+    run_plan.resolve(c)
 
 
 def _stacks(depth=18):
@@ -181,9 +181,9 @@ def test_student_takes_each_stacks_own_rows(on_device):
 
 
 def test_published_config_maps_the_stacks_and_distils_attention_of_the_experts_layer():
-    c = train_config.distill_config(6, "size=demo,layer_map=first,expert_map=uniform")
-    spec = build.run_spec(c)
-    assert (spec.layer_map.backbone, spec.layer_map.expert) == ((0, 1, 2, 3, 4, 5), UNIFORM_6)
+    c = recipes.distill_config(6, "size=demo,layer_map=first,expert_map=uniform")
+    plan = run_plan.derive(c)
+    assert (plan.layer_map.backbone, plan.layer_map.expert) == ((0, 1, 2, 3, 4, 5), UNIFORM_6)
     # the middle student layer 3 started from teacher layer 10 in the expert (whose queries are distilled)
-    assert spec.step_cfg.attn_pairs == ((3, 10),)
-    assert build.run_spec(train_config.distill_config(6, "size=demo,first")).step_cfg.attn_pairs == ((3, 3),)
+    assert plan.step.attn_pairs == ((3, 10),)
+    assert run_plan.derive(recipes.distill_config(6, "size=demo,first")).step.attn_pairs == ((3, 3),)

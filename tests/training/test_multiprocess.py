@@ -30,8 +30,7 @@ from shallow_pi_jax.data.config import DataConfig, DatasetSpec
 from shallow_pi_jax.data.pipeline import make_dataset
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.params import param_shapes
-from shallow_pi_jax.training import config as train_config
-from shallow_pi_jax.training import loop, sharding
+from shallow_pi_jax.training import distributed, recipes, sharding
 
 REPO = pathlib.Path(__file__).parents[2]
 RUN_S = 600         # one launch, on a loaded 2-core host; a job still running after this is a hang: killed, failed
@@ -40,13 +39,13 @@ CONNECT_S = 5       # SHALLOW_PI_INIT_TIMEOUT_S of a process whose peer never st
 EPISODES, STEPS = 16, 6  # 96 frames: 12 per stream of 8
 
 CONFIG = r'''
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import recipes
 
 
 def get_config(arg=None):
     # experiments/l6.py:tiny at depth 2 → 1; the student's layer is the teacher's last, so that its attention
     # (on the embeddings) differs from the teacher's there (on layer 0's output): attention KD well above 0.
-    c = train_config.distill_config(1, "size=tiny,layer_map=last")
+    c = recipes.distill_config(1, "size=tiny,layer_map=last")
     for part in ("llm", "expert"):
         c.model[part]["depth"] = 2
     c.model["siglip"]["depth"] = 1
@@ -84,7 +83,7 @@ def world(tmp_path_factory, tokenizer):
                       .replace("{teacher!r}", repr(str(root / "teacher" / "params"))))
     # Random normal leaves (numpy; init_params would compile the whole model): no zero-initialised layer, so
     # the 1-layer student differs from its 2-layer teacher and the KD losses are far from 0.
-    shapes = param_shapes(ModelConfig.from_dict(train_config.load(str(config)).model))
+    shapes = param_shapes(ModelConfig.from_dict(recipes.load(str(config)).model))
     teacher = jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
     openpi_params.save_params(teacher, root / "teacher" / "params")
     env = {k: v for k, v in os.environ.items() if k not in ("SHALLOW_PI_VERBOSE", "XLA_FLAGS")}
@@ -271,7 +270,7 @@ def test_a_wrong_process_count_or_id_is_a_clear_error(monkeypatch, env, message)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(ValueError, match=message):
-        loop.maybe_initialize_distributed("auto")
+        distributed.maybe_initialize_distributed("auto")
 
 
 @pytest.mark.slow

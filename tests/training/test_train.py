@@ -16,8 +16,7 @@ from shallow_pi_jax import train
 from shallow_pi_jax.checkpoint import openpi_params
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.params import init_params, param_shapes
-from shallow_pi_jax.training import config as train_config
-from shallow_pi_jax.training import loop
+from shallow_pi_jax.training import loop, recipes
 from shallow_pi_jax.training.checkpoints import RunCheckpoints
 
 pytestmark = pytest.mark.slow
@@ -31,7 +30,7 @@ def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_assets")
     ds, stats = demo_data_with_stats(root, num_episodes=16)
     teacher = root / "teacher" / "params"
-    model = train_config.distill_config(6, "size=tiny").model
+    model = recipes.distill_config(6, "size=tiny").model
     params = init_params(ModelConfig.from_dict(model), jax.random.PRNGKey(3))
     openpi_params.save_params(jax.device_get(params), teacher)
     return {"data_dir": str(ds.data_dir), "tokenizer": str(ds.tokenizer_path), "stats": str(stats),
@@ -39,7 +38,7 @@ def assets(tmp_path_factory):
 
 
 def tiny_config(assets, arg="size=tiny", depth=6):
-    c = train_config.distill_config(depth, arg)
+    c = recipes.distill_config(depth, arg)
     c.data.datasets[0]["data_dir"] = assets["data_dir"]
     c.data.tokenizer_path = assets["tokenizer"]
     c.data.norm_stats_path = assets["stats"]
@@ -49,7 +48,7 @@ def tiny_config(assets, arg="size=tiny", depth=6):
 
 
 def plain_config(assets):
-    c = train_config.teacher_config("size=tiny")
+    c = recipes.teacher_config("size=tiny")
     c.data.datasets[0]["data_dir"] = assets["data_dir"]
     c.data.tokenizer_path, c.data.norm_stats_path = assets["tokenizer"], assets["stats"]
     return c
@@ -114,9 +113,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path, monkeyp
 
 
 CONFIG_FILE = '''
-from shallow_pi_jax.training import config as train_config
+from shallow_pi_jax.training import recipes
 def get_config(arg=None):
-    c = train_config.teacher_config("size=tiny")  # plain training: the same loop, resume and checkpoints
+    c = recipes.teacher_config("size=tiny")  # plain training: the same loop, resume and checkpoints
     c.data.datasets[0]["data_dir"] = {data_dir!r}
     c.data.tokenizer_path, c.data.norm_stats_path = {tok!r}, {stats!r}
     c.num_steps, c.checkpoint_every, c.async_checkpoint = 40, 1, False
