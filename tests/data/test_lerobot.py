@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import FAST_COMPILE
 from PIL import Image
 
 from shallow_pi_jax import compute_norm_stats
@@ -454,7 +455,7 @@ def test_distils_a_few_steps_on_a_lerobot_dataset(world, tmp_path):
          "--config.num_steps=2", "--config.log_every=1", f"--config.teacher.params={teacher}",
          f"--config.data.datasets={datasets}", f"--config.data.tokenizer_path={world['tok']}",
          f"--config.data.norm_stats_path={world['root'] / 'stats.json'}"],
-        cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}, capture_output=True, text=True, timeout=900)
+        cwd=ROOT, env={**os.environ, "XLA_FLAGS": FAST_COMPILE}, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     # the trainer stops with an error on a non-finite loss, so a finished run had finite ones
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]

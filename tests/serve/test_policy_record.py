@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import demo_data_with_stats
+from conftest import FAST_COMPILE, demo_data_with_stats
 
 from shallow_pi_jax import export_onnx, make_student, train
 from shallow_pi_jax.checkpoint import policy_dir, policy_record
@@ -82,7 +82,7 @@ def start_distilling(demo) -> None:
              f"--config.data.discrete_state_input={state_in_prompt}",
              f"--config.teacher.params={demo['teachers'][model] / 'params'}", f"--config.data.datasets={datasets}",
              f"--config.data.tokenizer_path={demo['tokenizer']}", f"--config.data.norm_stats_path={demo['stats']}"],
-            cwd=REPO, env={**os.environ, "XLA_FLAGS": ""}, stdout=log, stderr=subprocess.STDOUT, text=True)
+            cwd=REPO, env={**os.environ, "XLA_FLAGS": FAST_COMPILE}, stdout=log, stderr=subprocess.STDOUT, text=True)
         demo["students"][(model, state_in_prompt)] = (workdir, proc, log)
 
 

@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE
 
 from shallow_pi_jax.data import norm_stats as ns
 from shallow_pi_jax.data import synthetic
@@ -207,7 +208,7 @@ def setup(tmp_path_factory, tokenizer):
     # A user's shell: no verbosity asked for, and no TF log level left behind by the jax this pytest
     # process imported first (jax sets TF_CPP_MIN_LOG_LEVEL=1; the trainer's own default is 2).
     env = {k: v for k, v in os.environ.items() if k not in ("SHALLOW_PI_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
-    env.update(XLA_FLAGS="", JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
+    env.update(XLA_FLAGS=FAST_COMPILE, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     setup = {"root": root, "config": str(config), "env": env, "procs": []}
     yield setup

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import jax
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE
 
 from shallow_pi_jax import launch
 from shallow_pi_jax.checkpoint import openpi_params
@@ -90,7 +91,7 @@ def world(tmp_path_factory, tokenizer):
     # The compiled step is the cost of every run: LLVM's optimisations off (~30 % off the compile, the same
     # for both layouts), and a cache, so that the kill test's runs reuse the programs of the first two.
     env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
-               XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+               XLA_FLAGS=FAST_COMPILE,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     w = {"root": root, "config": str(config), "tok": tok, "env": env, "jobs": []}
     yield w

@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import demo_data_with_stats
+from conftest import FAST_COMPILE, demo_data_with_stats
 
 from shallow_pi_jax import train
 from shallow_pi_jax.checkpoint import openpi_params
@@ -129,7 +129,7 @@ def test_kill_9_and_rerun_resumes_from_last_complete_checkpoint(assets, tmp_path
                                            stats=assets["stats"]))
     wd = tmp_path / "run"
     cmd = [sys.executable, "-m", "shallow_pi_jax.train", f"--config={cfg_file}", f"--workdir={wd}"]
-    env = {**os.environ, "XLA_FLAGS": ""}
+    env = {**os.environ, "XLA_FLAGS": FAST_COMPILE}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline and not (wd / "checkpoints" / "3").exists():
