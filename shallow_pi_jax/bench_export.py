@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from shallow_pi_jax import cli
-from shallow_pi_jax.export import onnx_export
+from shallow_pi_jax.export import onnx_graph
 from shallow_pi_jax.export.onnx_policy import OnnxPolicy
 from shallow_pi_jax.export.torch_model import Pi0Torch
 from shallow_pi_jax.models.config import GemmaConfig, ModelConfig, SiglipConfig
@@ -90,7 +90,7 @@ def main(argv=None):
             j, tail = rest.split(".", 1)
             k = f"{head}.layers.{lmap.indices[int(j)]}.{tail}"
         v.copy_(src[k])
-    obs = onnx_export.example_observation(teacher, args.batch)
+    obs = onnx_graph.example_observation(teacher, args.batch)
     noise = np.random.default_rng(0).standard_normal(
         (args.batch, cfg.action_horizon, cfg.action_dim)).astype(np.float32)
     n_params = lambda m: sum(p.numel() for n, p in m.named_parameters() if "lm_head" not in n)  # noqa: E731
@@ -108,7 +108,7 @@ def main(argv=None):
         for name, model in (("teacher", teacher), ("student", student)):
             for mode in [m for m in args.onnx_modes.split(",") if m]:
                 t0 = time.perf_counter()
-                files = onnx_export.export_onnx(model, pathlib.Path(tmp.name) / f"{name}_{mode}.onnx", mode=mode,
+                files = onnx_graph.export_onnx(model, pathlib.Path(tmp.name) / f"{name}_{mode}.onnx", mode=mode,
                                                 num_steps=args.num_steps)
                 export_s = time.perf_counter() - t0
                 pol = OnnxPolicy(files[0], threads=args.threads or None)

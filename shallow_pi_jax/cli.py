@@ -105,3 +105,16 @@ def policy_path(path) -> pathlib.Path:
                                 f"export a saved step with python -m shallow_pi_jax.export_checkpoint --workdir {p} "
                                 "--out DIR")
     return p
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    """The held-out data of the evaluation commands (evaluate, layer_similarity; eval/open_loop.eval_data_config)."""
+    p.add_argument("--env", default="demo", help="robot preset: demo, libero, droid, aloha (default: demo)")
+    p.add_argument("--data-dir", default=None, help="tfds data_dir of the RLDS dataset (default for demo: "
+                                                     "held-out demo episodes built offline)")
+    p.add_argument("--dataset", default=None, help="tfds dataset name")
+    p.add_argument("--split", default="train", help="tfds split of held-out episodes, e.g. 'train[-10%%:]'")
+    p.add_argument("--episodes", type=int, default=20, help="held-out demo episodes (demo only; default 20)")
+    p.add_argument("--tokenizer", default=None, help="sentencepiece model (default for demo: the demo's)")
+    p.add_argument("--norm-stats", default=None, help="norm_stats.json (default: the checkpoint's assets/)")
+    p.add_argument("--batch-size", type=int, default=16)

@@ -17,7 +17,7 @@ from shallow_pi_jax.checkpoint import policy_dir
 from shallow_pi_jax.data import norm_stats
 from shallow_pi_jax.models.config import GemmaConfig, ModelConfig, SiglipConfig
 from shallow_pi_jax.models.params import param_shapes
-from shallow_pi_jax.sim.demo_dataset import train_tokenizer
+from shallow_pi_jax.sim.demo_tokenizer import train_tokenizer
 
 
 def tiny_config(depth: int = 2, pi05: bool = True, cameras=("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"),

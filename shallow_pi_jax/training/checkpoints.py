@@ -164,6 +164,6 @@ def export_student(params, out_dir: pathlib.Path, model_config: dict, layer_map:
                    record: policy_record.PolicyRecord | None = None) -> pathlib.Path:
     """Write the student as a policy directory (params/ in openpi's layout + assets/ + metadata), with
     `record` (build.student_record) as its policy_record.json: what serving must feed it."""
-    lm = None if layer_map is None else {**layer_map, "teacher": teacher_params}
-    return policy_dir.write(out_dir, params, ModelConfig.from_dict(model_config), layer_map=lm,
-                            norm_stats=norm_stats_path or None, record=record)
+    return policy_dir.write(out_dir, params, ModelConfig.from_dict(model_config), layer_map=layer_map,
+                            lineage=policy_dir.Lineage(teacher=teacher_params), norm_stats=norm_stats_path or None,
+                            record=record)
