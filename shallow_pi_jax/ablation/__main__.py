@@ -25,8 +25,7 @@ import pathlib
 import sys
 
 from shallow_pi_jax import cli, verbosity
-from shallow_pi_jax.ablation import report
-from shallow_pi_jax.ablation import run as ablation
+from shallow_pi_jax.ablation import config as ablation
 
 QUICK = dict(arms="untrained,full", depths="6", seeds="0", steps=10, teacher_steps=0, episodes=20, num_envs=20,
              latency_reps=5)
@@ -101,11 +100,14 @@ def build_config(args, overrides) -> ablation.AblationConfig:
 
 def main(argv=None) -> int:
     args, overrides = parse(sys.argv[1:] if argv is None else argv)
+    # Imported once the flags are parsed, so that --help answers without loading JAX or TensorFlow.
+    from shallow_pi_jax.ablation import report, run
+
     if args.evaluate:
         cfg = build_config(args, overrides)
-        r = ablation.evaluate_policy_dir(cfg, cli.policy_path(args.evaluate), print)
+        r = run.evaluate_policy_dir(cfg, cli.policy_path(args.evaluate), print)
         pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
-        ablation.write_json(pathlib.Path(args.out) / "closed_loop.json", r)
+        run.write_json(pathlib.Path(args.out) / "closed_loop.json", r)
         print(f"closed loop: {100 * r['success_rate']:.1f} % success ({r['successes']}/{r['episodes']} episodes, "
               f"reset seeds {cfg.eval_seed}–{cfg.eval_seed + cfg.episodes - 1}; 95 % CI "
               f"{100 * r['ci95'][0]:.1f}–{100 * r['ci95'][1]:.1f}), wrong goal {100 * r['wrong_object']:.1f} %, "
@@ -117,8 +119,8 @@ def main(argv=None) -> int:
     else:
         cfg = build_config(args, overrides)
         if cfg.teacher:
-            ablation.ensure_teacher(cfg, pathlib.Path(cfg.out), print)  # checked before --out is created
-        ablation.run(cfg, progress=not args.no_progress)
+            run.ensure_teacher(cfg, pathlib.Path(cfg.out), print)  # checked before --out is created
+        run.run(cfg, progress=not args.no_progress)
         obj = report.report(cfg.out)
     print(report.markdown_table(obj["rows"]), end="")
     print(f"wrote {args.out}/results.json, results.md, results.png")

@@ -24,7 +24,6 @@ import time
 
 from shallow_pi_jax import cli
 from shallow_pi_jax.checkpoint import policy_record
-from shallow_pi_jax.serve.policy import load_policy, warmup_observation
 from shallow_pi_jax.serve.presets import PRESETS
 from shallow_pi_jax.serve.server import DEFAULT_MAX_FRAME_BYTES, PolicyServer
 
@@ -77,6 +76,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     # websockets logs two INFO lines per health check; ours already log each client.
     logging.getLogger("websockets").setLevel(logging.INFO if args.verbose else logging.WARNING)
+
+    # Imported once the flags are parsed, so that --help answers without loading JAX.
+    from shallow_pi_jax.serve.policy import load_policy, warmup_observation
 
     # Any error here (a missing file, NaN or wrong-size norm stats, bad params) stops before serving.
     policy = load_policy(cli.policy_path(args.checkpoint), env=args.env, tokenizer_path=args.tokenizer,
