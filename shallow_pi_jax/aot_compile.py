@@ -71,5 +71,10 @@ def main(argv=None) -> int:
     return 2 if any(not r.fits for r in reports) else 0
 
 
+def console() -> int:
+    """The console script (setup.py): the same as python -m."""
+    return cli.run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(console())

@@ -118,5 +118,10 @@ def main(argv=None) -> list[pathlib.Path]:
             for cfg, specs, path in todo]
 
 
+def console() -> int:
+    """The console script (setup.py): the same as python -m."""
+    return cli.run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(console())

@@ -155,5 +155,10 @@ def main(argv=None) -> int:
     return launch(command, args.processes, args.devices_per_process, args.port, args.grace)
 
 
+def console() -> int:
+    """The console script (setup.py): the same as python -m."""
+    return cli.run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(console())

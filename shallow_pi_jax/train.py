@@ -36,8 +36,9 @@ from ml_collections import config_flags
 from shallow_pi_jax import cli, verbosity
 from shallow_pi_jax.training import config as train_config
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/l6.py:demo.",
-                                          lock_config=False)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file[:key=value,...], e.g. experiments/pi05_libero.py or "
+    "experiments/l6.py:demo; --config.x=y sets any field.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard logs, exported student.")
 _FORCE = flags.DEFINE_bool("force", False, "Resume even when the config changes what the run's checkpoints were "
                            "trained with (model, depth, layer map, teacher, data, loss, optimizer, batch, seed); "
@@ -87,9 +88,11 @@ def run(config, workdir, *, max_steps: int | None = None, progress: bool = True,
 
 def _parse_flags(argv):
     if any(a in ("-h", "--help", "--helpshort") for a in argv[1:]):
-        # absl's own --help ends with status 1; asking for help is no error. Like every command's: the
-        # docstring, then the flags, on stdout.
-        app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
+        # absl's own --help ends with status 1, and shows the docstring and flags of __main__ (none
+        # under a console script). Asking for help is no error: like every command, the docstring,
+        # then the flags, on stdout.
+        print(__doc__.strip() + "\n" + flags.FLAGS.module_help(flags.FLAGS.find_module_defining_flag("workdir")))
+        sys.exit(0)
     try:
         return flags.FLAGS(argv)
     except Exception as e:  # noqa: BLE001 - config_flags raises bare KeyError/AttributeError for --config.x
@@ -130,6 +133,11 @@ def main(argv):
     return 0
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The console script (setup.py), and python -m: absl parses the flags, then main runs."""
     flags.mark_flag_as_required("config")
     app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    console()
