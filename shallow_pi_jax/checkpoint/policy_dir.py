@@ -189,7 +189,7 @@ def write(out_dir, params, model_config: ModelConfig | None, *, layer_map: dict 
         fileio.write_json(out_dir / MODEL_CONFIG, model_config.to_dict())
     if layer_map is not None:
         size = sum(int(x.size) for x in jax.tree.leaves(params))
-        lm = {**layer_map, **dataclasses.asdict(lineage or Lineage()), "student_params": size}
+        lm = {**layer_map, **(dataclasses.asdict(lineage) if lineage else {}), "student_params": size}
         fileio.write_json(out_dir / LAYER_MAP, layer_map_record(lm))
     if record is not None:
         policy_record.write(out_dir, record)
