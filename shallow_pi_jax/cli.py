@@ -8,9 +8,19 @@ traceback.
 
     def main(argv=None) -> int:
         args = cli.parse(parser, argv)   # adds --verbose, parses, sets the log levels
-        ...
+        # Imported once the flags are parsed, so that --help answers without loading JAX or TensorFlow.
+        from shallow_pi_jax.<library module> import <its function>
+        <its function>(...)
+        return 0
+
+    def console() -> int:                # the console script shallow-pi-<command> (setup.py)
+        return cli.run(main)
+
     if __name__ == "__main__":
-        sys.exit(cli.run(main))
+        sys.exit(console())
+
+A command module imports only argparse, this module and light library modules (configs, constants)
+at its top.
 
 A bad value of one flag, found after argparse (a range, a combination), is a UsageError: the same
 `error: …` line, with argparse's exit status 2.
