@@ -25,7 +25,7 @@ import pathlib
 import sys
 
 from shallow_pi_jax import cli, verbosity
-from shallow_pi_jax.ablation import config as ablation
+from shallow_pi_jax.ablation.config import ARMS, DEFAULT_ARMS, AblationConfig
 
 QUICK = dict(arms="untrained,full", depths="6", seeds="0", steps=10, teacher_steps=0, episodes=20, num_envs=20,
              latency_reps=5)
@@ -45,7 +45,7 @@ def parse(argv):
     p.add_argument("--quick", action="store_true",
                    help="smoke budget: tiny 32 px model, random-init teacher, arms untrained,full × 1 seed × "
                         "10 steps, 20 episodes (explicit options still win)")
-    p.add_argument("--arms", default=None, help=f"comma-separated arms (default: all of {','.join(ablation.ARMS)})")
+    p.add_argument("--arms", default=None, help=f"comma-separated arms (default: all of {','.join(ARMS)})")
     p.add_argument("--depths", default=None, help="student depths (default: 6)")
     p.add_argument("--seeds", default=None, help="training seeds (default: 0,1,2)")
     p.add_argument("--steps", type=int, default=None, help="training steps per arm (default: 300)")
@@ -78,16 +78,16 @@ def parse(argv):
     return args, tuple(overrides)
 
 
-def build_config(args, overrides) -> ablation.AblationConfig:
+def build_config(args, overrides) -> AblationConfig:
     q = QUICK if args.quick else {}
 
     def pick(name, default):
         v = getattr(args, name)
         return v if v is not None else q.get(name, default)
 
-    d = ablation.AblationConfig  # the defaults live there, once
-    arms = pick("arms", ",".join(ablation.DEFAULT_ARMS))
-    return ablation.AblationConfig(
+    d = AblationConfig  # the defaults live there, once
+    arms = pick("arms", ",".join(DEFAULT_ARMS))
+    return AblationConfig(
         out=args.out, arms=tuple(a.strip() for a in arms.split(",") if a.strip()),
         depths=_ints(pick("depths", "6")), seeds=_ints(pick("seeds", "0,1,2")), steps=pick("steps", d.steps),
         teacher=str(cli.policy_path(args.teacher)) if args.teacher else "",
