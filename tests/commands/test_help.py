@@ -38,7 +38,7 @@ def _commands() -> dict:
 def test_every_command_module_is_a_console_script():
     modules = set(_commands().values())
     package = ROOT / "shallow_pi_jax"
-    found = {p.stem for p in package.glob("*.py") if "def console()" in p.read_text()}
+    found = {p.stem for p in package.glob("*.py") if "\ndef console()" in p.read_text()}
     found |= {f"{p.parent.name}.__main__" for p in package.glob("*/__main__.py")}
     assert found == modules
 
