@@ -72,14 +72,18 @@ LAYER_MAP_KEYS = (*MAP_KEYS, *(f.name for f in dataclasses.fields(Lineage)), "st
 def layer_map_record(d: dict) -> dict:
     """A layer_map.json's contents in today's schema (LAYER_MAP_KEYS, in that order).
 
-    Older files are read as they were meant: without expert_* (students before the expert had a map
-    of its own) the expert takes the backbone's map; without a lineage key, null; make_student's
+    Older files are read as LayerMap.from_dict reads them: without a strategy, "explicit"; without
+    a student depth, the number of indices; without expert_* (students before the expert had a map
+    of its own) the expert takes the backbone's map. Without a lineage key, null; make_student's
     former description keys ("checksum", "applies_to", "created") are dropped. Anything else is
     kept, after the schema's keys, for the reader that checks the map (LayerMap.from_dict) to judge."""
     out = {k: d.get(k) for k in LAYER_MAP_KEYS}
-    if out["expert_indices"] is None and "indices" in d:
-        out["expert_indices"] = d["indices"]
-        out["expert_strategy"] = d.get("expert_strategy", d.get("strategy", "explicit"))
+    if isinstance(d.get("indices"), list):
+        out["strategy"] = d.get("strategy", "explicit")
+        out["student_depth"] = d.get("student_depth", len(d["indices"]))
+        if out["expert_indices"] is None:
+            out["expert_indices"] = d["indices"]
+            out["expert_strategy"] = d.get("expert_strategy", out["strategy"])
     return {**out, **{k: v for k, v in d.items() if k not in out and k not in _DROPPED}}
 
 
