@@ -3,6 +3,18 @@ import pathlib
 
 import setuptools
 
+# Every command, as `python -m shallow_pi_jax.<module>` and as the console script shallow-pi-<name>
+# (LeRobot's lerobot-train convention): the same main(), the same flags.
+COMMANDS = {
+    "train": "train", "launch": "launch", "make-student": "make_student", "export-torch": "export_torch",
+    "export-onnx": "export_onnx", "export-checkpoint": "export_checkpoint", "evaluate": "evaluate",
+    "layer-similarity": "layer_similarity", "openpi-parity": "openpi_parity",
+    "compute-norm-stats": "compute_norm_stats", "make-demo-dataset": "make_demo_dataset",
+    "aot-compile": "aot_compile", "bench-inference": "bench_inference", "bench-train": "bench_train",
+    "bench-export": "bench_export", "bench-data": "bench_data", "serve": "serve.__main__",
+    "ablation": "ablation.__main__",
+}
+
 _REQS = [
     line.strip()
     for line in pathlib.Path(__file__).with_name("requirements.txt").read_text().splitlines()
@@ -20,6 +32,8 @@ setuptools.setup(
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=_REQS,
+    entry_points={"console_scripts": [f"shallow-pi-{name} = shallow_pi_jax.{module}:console"
+                                      for name, module in COMMANDS.items()]},
     extras_require={
         # torch itself is not listed: users bring their own build (CUDA/Jetson); tests pin a CPU build.
         "export": ["onnx", "onnxruntime"],

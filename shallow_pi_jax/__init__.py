@@ -2,8 +2,13 @@
 
 Layers, each importing only from those below it (checked by import-linter, see pyproject.toml):
 
-    commands     train, make_student, export_torch, export_onnx, evaluate, layer_similarity, ablation,
-                 serve, openpi_parity, compute_norm_stats, make_demo_dataset, aot_compile, bench_*, demo
+    commands     train, launch, make_student, export_torch, export_onnx, export_checkpoint, evaluate,
+                 layer_similarity, openpi_parity, compute_norm_stats, make_demo_dataset, aot_compile,
+                 bench_*; also serve/__main__ and ablation/__main__. Each parses its flags, then imports
+                 the library and calls it (so --help loads no JAX or TensorFlow); console scripts
+                 shallow-pi-<command> (setup.py) run the same main().
+    ablation                  the simulator ablation (its runner and report)
+    demo                      the embedded default's demo teacher and data
     eval, perf, export        open/closed-loop evaluation and parity; FLOP counts and TPU AOT; PyTorch/ONNX
     serve, training           the servable Policy and websocket server; the distillation trainer
     sim                       the bundled simulator and its demo dataset

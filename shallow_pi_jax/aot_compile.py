@@ -22,17 +22,10 @@ minutes on a small CPU host.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
-from tqdm import tqdm
-
-from shallow_pi_jax import cli, fileio
-from shallow_pi_jax.perf import aot  # noqa: E402  (imports jax lazily enough for the env below)
-from shallow_pi_jax.training import plan as run_plan
-from shallow_pi_jax.training import recipes, sharding
-
-aot.quiet_libtpu_env()
+from shallow_pi_jax import cli
+from shallow_pi_jax.training import recipes
 
 
 def parse_args(argv=None):
@@ -69,45 +62,19 @@ def main(argv=None) -> int:
         raise cli.UsageError(f"--steps: expected a comma-separated subset of kd,plain, got {args.steps!r}")
     if args.num_steps < 1:
         raise cli.UsageError(f"--num-steps: expected >= 1, got {args.num_steps}")
-    reason = aot.libtpu_missing()
-    if reason:
-        raise OSError(reason)  # the TPU compiler is a package this machine lacks
-    topo = aot.tpu_topology(args.topology)
-    reports = []
-    if args.inference:
-        plan = run_plan.derive(aot.step_config(config, "kd"))
-        teacher, student = plan.teacher, plan.student
-        if str(teacher.dtype) != str(student.dtype):  # serve both in the teacher's (accelerator) dtype
-            student = dataclasses.replace(student, dtype=teacher.dtype)
-        jobs = [(f"teacher sample_actions (L{teacher.depth}, {args.num_steps} steps)", teacher),
-                (f"student sample_actions (L{student.depth}, {args.num_steps} steps)", student)]
-        cache = {}  # teacher and student differ only in depth: their small cost models are the same programs
-        for name, cfg in tqdm(jobs, desc="compile", unit="model"):
-            reports.append(aot.inference_report(cfg, topo.devices[0], topo.chip, args.num_steps, name=name,
-                                                topology=f"{args.topology.split(':')[0]} (1 chip)",
-                                                estimate=not args.no_estimate, cost_cache=cache))
-    else:
-        data, fsdp = aot.parse_mesh(args.mesh, config)
-        mesh = sharding.make_mesh(data, fsdp, devices=topo.devices)
-        batch = args.global_batch or int(config.batch_size)
-        for kind in tqdm(steps, desc="compile", unit="step"):
-            reports.append(aot.train_step_report(config, mesh, topo.chip, batch, kind, topology=args.topology,
-                                                 estimate=not args.no_estimate))
-    print(f"remat: {bool(config.remat)}")
-    for r in reports:
-        print("\n".join(aot.format_report(r)))
-    if args.inference and len(reports) == 2 and not args.no_estimate:
-        t, s = reports
-        print(f"teacher / student: FLOPs {t.flops / s.flops:.2f}x, XLA estimated latency "
-              f"{t.seconds * 1e3:.2f} ms / {s.seconds * 1e3:.2f} ms = {t.seconds / s.seconds:.2f}x")
-    if args.json:
-        fileio.write_json(args.json, {"config": args.config, "topology": args.topology, "remat": bool(config.remat),
-                                      "reports": [r.to_dict() for r in reports]}, default=str)
-    unfit = [r for r in reports if not r.fits]
-    for r in unfit:
-        print("error: " + aot.fit_advice(r), file=sys.stderr)
-    return 2 if unfit else 0
+    # Imported once the flags are parsed, so that --help answers without loading JAX; libtpu reads
+    # its environment when JAX first starts a backend, which is after this.
+    from shallow_pi_jax.perf import aot, preflight
+
+    aot.quiet_libtpu_env()
+    reports = preflight.preflight(config, args)
+    return 2 if any(not r.fits for r in reports) else 0
+
+
+def console() -> int:
+    """The console script (setup.py): the same as python -m."""
+    return cli.run(main)
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(console())

@@ -8,9 +8,19 @@ traceback.
 
     def main(argv=None) -> int:
         args = cli.parse(parser, argv)   # adds --verbose, parses, sets the log levels
-        ...
+        # Imported once the flags are parsed, so that --help answers without loading JAX or TensorFlow.
+        from shallow_pi_jax.<library module> import <its function>
+        <its function>(...)
+        return 0
+
+    def console() -> int:                # the console script shallow-pi-<command> (setup.py)
+        return cli.run(main)
+
     if __name__ == "__main__":
-        sys.exit(cli.run(main))
+        sys.exit(console())
+
+A command module imports only argparse, this module and light library modules (configs, constants)
+at its top.
 
 A bad value of one flag, found after argparse (a range, a combination), is a UsageError: the same
 `error: …` line, with argparse's exit status 2.
@@ -101,3 +111,16 @@ def policy_path(path) -> pathlib.Path:
                                 f"export a saved step with python -m shallow_pi_jax.export_checkpoint --workdir {p} "
                                 "--out DIR")
     return p
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    """The held-out data of the evaluation commands (evaluate, layer_similarity; eval/open_loop.eval_data_config)."""
+    p.add_argument("--env", default="demo", help="robot preset: demo, libero, droid, aloha (default: demo)")
+    p.add_argument("--data-dir", default=None, help="tfds data_dir of the RLDS dataset (default for demo: "
+                                                     "held-out demo episodes built offline)")
+    p.add_argument("--dataset", default=None, help="tfds dataset name")
+    p.add_argument("--split", default="train", help="tfds split of held-out episodes, e.g. 'train[-10%%:]'")
+    p.add_argument("--episodes", type=int, default=20, help="held-out demo episodes (demo only; default 20)")
+    p.add_argument("--tokenizer", default=None, help="sentencepiece model (default for demo: the demo's)")
+    p.add_argument("--norm-stats", default=None, help="norm_stats.json (default: the checkpoint's assets/)")
+    p.add_argument("--batch-size", type=int, default=16)

@@ -30,8 +30,6 @@ import pathlib
 import sys
 
 from shallow_pi_jax import cli
-from shallow_pi_jax.data import compute_stats
-from shallow_pi_jax.data import norm_stats as _ns
 from shallow_pi_jax.data.config import DataConfig, DatasetSpec
 from shallow_pi_jax.training import recipes
 
@@ -112,15 +110,18 @@ def jobs(args) -> list[tuple[DataConfig, tuple[DatasetSpec, ...], str]]:
 def main(argv=None) -> list[pathlib.Path]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    written = []
-    for cfg, specs, path in jobs(args):
-        state, actions, elog = compute_stats.collect(cfg, specs, args.max_frames, progress=not args.no_progress)
-        stats = {"state": _ns.compute(state), "actions": _ns.compute(actions)}
-        written.append(_ns.save(stats, path))
-        print(f"wrote {written[-1]}: {len(state)} frames, {len(actions)} action rows, state dim "
-              f"{state.shape[-1]}, action dim {actions.shape[-1]}, {elog.num_skipped} bad episodes skipped")
-    return written
+    todo = jobs(args)
+    # Imported once the flags are parsed, so that --help answers without loading TensorFlow.
+    from shallow_pi_jax.data.dataset_stats import write_norm_stats
+
+    return [write_norm_stats(cfg, specs, path, args.max_frames, progress=not args.no_progress)
+            for cfg, specs, path in todo]
+
+
+def console() -> int:
+    """The console script (setup.py): the same as python -m."""
+    return cli.run(main)
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(console())

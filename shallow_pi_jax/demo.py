@@ -16,8 +16,8 @@ import ml_collections
 
 from shallow_pi_jax.checkpoint import policy_dir
 from shallow_pi_jax.data import norm_stats
-from shallow_pi_jax.data.compute_stats import compute
 from shallow_pi_jax.data.config import DataConfig
+from shallow_pi_jax.data.dataset_stats import compute
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.sim.demo_dataset import cache_dir, cached_demo_dataset
 from shallow_pi_jax.training import loop, recipes, records

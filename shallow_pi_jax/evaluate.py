@@ -22,23 +22,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-import time
 
-import numpy as np
-
-from shallow_pi_jax import cli, fileio
-from shallow_pi_jax.checkpoint import policy_dir, policy_record
-from shallow_pi_jax.data import norm_stats as ns
-from shallow_pi_jax.data import transforms as data_transforms
-from shallow_pi_jax.data.pipeline import make_dataset
-from shallow_pi_jax.eval.open_loop import (
-    add_data_flags,
-    eval_data_config,
-    evaluate,
-    plot,
-)
-from shallow_pi_jax.serve.policy import Policy, load_checkpoint
-from shallow_pi_jax.serve.presets import get_preset
+from shallow_pi_jax import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", "--params", dest="checkpoint", required=True,
                    help="student policy directory (a training run, a student directory, a checkpoint or its params/)")
     p.add_argument("--teacher", default=None, help="teacher policy directory (optional)")
-    add_data_flags(p)
+    cli.add_data_flags(p)
     p.add_argument("--max-frames", type=int, default=512, help="frames evaluated (default 512; 0 = all)")
     p.add_argument("--num-steps", type=int, default=10, help="flow integration steps (default: 10)")
     p.add_argument("--noise-seed", type=int, default=0)
@@ -55,65 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_teacher(path, student, preset):
-    """The teacher; an openpi checkpoint records no horizon or prompt length: it reads the student's."""
-    path = cli.policy_path(path)
-    recorded = policy_dir.read(path).config is not None
-    s = student.config
-    return load_checkpoint(path, preset=preset, action_horizon=None if recorded else s.action_horizon,
-                           max_token_len=None if recorded else s.max_token_len)
-
-
 def main(argv=None) -> int:
     args = cli.parse(build_parser(), argv)
-    preset = get_preset(args.env)
     if args.out.exists() and not args.overwrite:
         raise ValueError(f"--out: {args.out} exists (pass --overwrite)")
-    student = load_checkpoint(cli.policy_path(args.checkpoint), preset=preset)
-    teacher = load_teacher(args.teacher, student, preset) if args.teacher else None
-    s_cfg = student.config
-    if teacher is not None:
-        for field in ("pi05", "action_horizon", "action_dim", "max_token_len", "image_keys", "image_size"):
-            if getattr(teacher.config, field) != getattr(s_cfg, field):
-                raise ValueError(f"teacher.{field}: {getattr(teacher.config, field)} differs from the student's "
-                                 f"{getattr(s_cfg, field)}; they must read the same inputs")
-        # Both are fed the student's batches: the teacher must see the world as the student's record says.
-        policy_record.check_same(student.record, f"the student's record ({student.root})", teacher.record,
-                                 f"the teacher's ({teacher.record.source or teacher.root})")
-    data_cfg, stats_path, dataset, data_dir = eval_data_config(args, student, preset)
+    # Imported once the flags are parsed, so that --help answers without loading JAX or TensorFlow.
+    from shallow_pi_jax.eval.open_loop import evaluate_checkpoints
 
-    out_tf = data_transforms.make_output_transform(data_cfg)
-    stats = ns.load(stats_path)["actions"]
-    robot_dim = out_tf.action_dim
-
-    def unnormalize(actions):
-        # Delta actions need no state here: the same state is added to prediction and truth.
-        return ns.unnormalize(np.asarray(actions), stats, data_cfg.quantile_norm)[..., :robot_dim]
-
-    student_policy = Policy(s_cfg, student.params, num_steps=args.num_steps)
-    teacher_policy = Policy(teacher.config, teacher.params, num_steps=args.num_steps) if teacher else None
-    start = time.monotonic()
-    errors = evaluate(student_policy, teacher_policy, make_dataset(data_cfg, train=False),
-                      unnormalize, args.max_frames or None, args.noise_seed)
-    summary = {
-        "student": str(student.root), "teacher": str(teacher.root) if teacher else None,
-        "student_depth": s_cfg.depth, "teacher_depth": teacher.config.depth if teacher else None,
-        "layer_map": student.layer_map, "dataset": dataset, "data_dir": data_dir, "split": args.split,
-        "env": args.env, "num_steps": args.num_steps, "noise_seed": args.noise_seed, "robot_action_dim": robot_dim,
-        "units": "robot units (unnormalised actions)", "errors": errors, "seconds": time.monotonic() - start,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with fileio.atomic_dir(args.out, overwrite=True) as tmp:
-        fileio.write_json(tmp / "summary.json", summary)
-        title = (f"student L{s_cfg.depth}" + (f" vs teacher L{teacher.config.depth}" if teacher else "")
-                 + f" on {dataset}")
-        plot(summary, tmp / "action_error.png", title)
-    for name, res in errors.items():
-        steps = " ".join(f"{v:.4f}" for v in res["mae_per_step"])
-        print(f"{name:20s} MAE {res['mae']:.4f}  RMSE {res['rmse']:.4f}  ({res['frames']} frames)  per step: {steps}")
-    print(f"wrote {args.out}/summary.json and action_error.png")
+    evaluate_checkpoints(args.checkpoint, args.teacher, args, args.out, max_frames=args.max_frames or None,
+                         num_steps=args.num_steps, noise_seed=args.noise_seed)
     return 0
 
 
+def console() -> int:
+    """The console script (setup.py): the same as python -m."""
+    return cli.run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(console())

@@ -23,33 +23,9 @@ is strict: a missing, extra or mis-shaped leaf is an error listing all of them.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import pathlib
-import shutil
 import sys
 
-from safetensors.torch import save_file
-from tqdm import tqdm
-
-from shallow_pi_jax import cli, fileio
-from shallow_pi_jax.checkpoint import policy_dir, policy_record
-from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
-from shallow_pi_jax.export.convert import convert_params
-from shallow_pi_jax.export.export_config import (
-    FORMAT,
-    make_export_config,
-    read_export_config,
-)
-from shallow_pi_jax.export.torch_model import (
-    TORCH_DTYPES,
-    float32_constants,
-    load_pretrained,
-)
-from shallow_pi_jax.models.config import (
-    ModelConfig,
-)
-from shallow_pi_jax.training.layer_map import LayerMap, make_layer_map, parse_layers
+from shallow_pi_jax import cli
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -74,117 +50,21 @@ def parse_args(argv=None):
     return cli.parse(p, argv)
 
 
-def _config_from_json(path: pathlib.Path):
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if d.get("format") == FORMAT:
-        return read_export_config(path)[0]
-    if "gemma_llm" in d:  # openpi fixture config.json
-        return ModelConfig.from_fixture(path)
-    if "llm" in d and "expert" in d:
-        return ModelConfig.from_dict(d)
-    raise ValueError(f"--config: {path} is neither a ModelConfig json, a fixture config.json nor an export config.json")
-
-
-def _stored_depth(shapes: dict, default: int) -> int:
-    return shapes.get("PaliGemma/llm/layers/mlp/linear", (default,))[0]
-
-
-def resolve_config(args, pd: policy_dir.PolicyDir) -> ModelConfig:
-    """The model config: --config's json, the directory's record, CKPT/config.json, or the shapes.
-
-    A json's horizon and prompt length give way to the flags; the directory's own record must agree
-    with them. Without any of these the shapes give every size and the horizon must come from
-    --action-horizon.
-    """
-    overrides = {k: v for k, v in (("action_horizon", args.action_horizon), ("max_token_len", args.max_token_len))
-                 if v is not None}
-    base = None
-    if args.config:
-        path = pathlib.Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"--config: {path} does not exist")
-        base = _config_from_json(path)
-    elif pd.config is not None:
-        cfg = pd.model_config(**overrides)
-        depth = _stored_depth(pd.shapes, cfg.depth)
-        if depth != cfg.depth:
-            raise ValueError(f"depth: {pd.root / policy_dir.MODEL_CONFIG} says {cfg.depth} layers, "
-                             f"{pd.params_dir} holds {depth}")
-        return cfg
-    elif (pd.root / "config.json").is_file():
-        try:
-            base = _config_from_json(pd.root / "config.json")
-        except (ValueError, KeyError, TypeError):
-            base = None  # CKPT/config.json of some other tool: ignore it
-    if base is not None:
-        # A json may describe the teacher of this student; the params decide the depth.
-        return dataclasses.replace(base.with_depth(_stored_depth(pd.shapes, base.depth)), **overrides)
-    return pd.model_config(**overrides)
-
-
-def resolve_layer_map(args, pd: policy_dir.PolicyDir, depth: int):
-    if args.layer_map:
-        source = "--layer-map"
-        lm = make_layer_map(args.teacher_depth, layers=parse_layers(args.layer_map)).to_dict()
-    elif pd.layer_map is not None:
-        source = str(pd.root / policy_dir.LAYER_MAP)
-        try:
-            lm = {**pd.layer_map, **LayerMap.from_dict(pd.layer_map).to_dict()}
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{source}: expected teacher_depth and indices, got {pd.layer_map} ({e!r})") from None
-    else:
-        return None
-    if len(lm["indices"]) != depth:
-        raise ValueError(f"{source}: {len(lm['indices'])} indices {lm['indices']} "
-                         f"but {pd.params_dir} has {depth} layers")
-    return lm
-
-
 def main(argv=None):
     args = parse_args(argv)
-    pd = policy_dir.read(cli.policy_path(args.params), verify=not args.no_checksums)
-    out = pathlib.Path(args.out).expanduser().resolve()
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"--out: {out} exists (pass --overwrite to replace it)")
-    if out == pd.root or out in pd.root.parents or pd.params_dir in (out, *out.parents):
-        raise ValueError(f"--out: {out} would replace or write into the checkpoint {pd.root}")
-    reader = ParamsReader(pd.params_dir, verify=not args.no_checksums)
-    shapes = pd.shapes
-    cfg = resolve_config(args, pd)
-    lmap = resolve_layer_map(args, pd, cfg.depth)
-    assets = pathlib.Path(args.assets) if args.assets else pd.root / policy_dir.ASSETS
-    if args.assets and not assets.is_dir():
-        raise FileNotFoundError(f"--assets: {assets} is not a directory")
+    # Imported once the flags are parsed, so that --help answers without loading JAX or PyTorch.
+    from shallow_pi_jax.export.torch_export import export_torch
 
-    print(f"{'π0.5' if cfg.pi05 else 'π0'}: depth {cfg.depth}, llm width {cfg.llm.width}, expert width "
-          f"{cfg.expert.width}, heads {cfg.llm.num_heads}/{cfg.llm.num_kv_heads}x{cfg.llm.head_dim}, "
-          f"action {cfg.action_horizon}x{cfg.action_dim}, prompt {cfg.max_token_len}, layer map "
-          f"{lmap['indices'] if lmap else None}")
-    bar = tqdm(total=len(shapes), desc="convert", unit="leaf")
-    tensors = convert_params(lambda p: reader.read(p), cfg, TORCH_DTYPES[args.dtype], shapes=shapes,
-                             progress=lambda _: bar.update())
-    bar.close()
+    return export_torch(cli.policy_path(args.params), args.out, dtype=args.dtype, config=args.config,
+                        action_horizon=args.action_horizon, max_token_len=args.max_token_len, layers=args.layer_map,
+                        teacher_depth=args.teacher_depth, assets=args.assets, overwrite=args.overwrite,
+                        load_back=not args.no_verify, verify=not args.no_checksums)
 
-    with fileio.atomic_dir(out, overwrite=True) as tmp:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        del tensors
-        source = {"params": str(pd.params_dir), "dtype": args.dtype}
-        constants = float32_constants(cfg.expert.width, cfg.llm.head_dim)
-        fileio.write_json(tmp / "config.json", make_export_config(cfg, constants, args.dtype, lmap, source))
-        if assets.is_dir():
-            shutil.copytree(assets, tmp / "assets")
-        if pd.record is not None:  # the deployed policy must be fed as the JAX one was
-            policy_record.write(tmp, pd.record)
-        if not args.no_verify:
-            load_pretrained(tmp)  # strict: keys, shapes, tie
-    n = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"wrote {out} ({n / 2**20:.1f} MiB): model.safetensors, config.json"
-          + (", assets/" if (out / "assets").is_dir() else ""))
-    return out
+
+def console() -> int:
+    """The console script (setup.py): the same as python -m."""
+    return cli.run(main)
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(console())

@@ -25,6 +25,11 @@ from etils import epath
 REMOTE_SCHEMES = ("gs", "s3", "az", "hf")
 
 
+def cache_dir() -> pathlib.Path:
+    """The cache of the embedded default: demo data, its norm stats and tokenizer, demo teachers ($SHALLOW_PI_CACHE)."""
+    return pathlib.Path(os.environ.get("SHALLOW_PI_CACHE", "~/.cache/shallow_pi_jax")).expanduser()
+
+
 def is_remote(path) -> bool:
     return "://" in os.fspath(path)
 

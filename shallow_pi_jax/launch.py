@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds the other processes get to exit after one failed, before SIGKILL")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the trainer's arguments")
-    args = parser.parse_args(argv)
+    args = cli.parse(parser, argv)
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
     if args.processes < 1:
         raise cli.UsageError(f"--processes: expected an int >= 1, got {args.processes}")
@@ -155,5 +155,10 @@ def main(argv=None) -> int:
     return launch(command, args.processes, args.devices_per_process, args.port, args.grace)
 
 
+def console() -> int:
+    """The console script (setup.py): the same as python -m."""
+    return cli.run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(console())

@@ -57,5 +57,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def console() -> int:
+    """The console script (setup.py): the same as python -m."""
+    return cli.run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(console())

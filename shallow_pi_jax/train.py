@@ -5,13 +5,16 @@ Embedded default (offline, CPU, minutes): demo data from the bundled simulator, 
 
     python -m shallow_pi_jax.train --config experiments/l6.py:demo --workdir /tmp/shallow_pi_demo
 
-A real run (π0.5 teacher from openpi, LIBERO RLDS data; paper recipe: 30k steps, batch 64):
+The real job: openpi's pi05_libero distilled 18 → 6 layers with the paper's recipe (30k steps,
+batch 64; its data settings: the four LIBERO *_no_noops suites under $TFDS_DATA_DIR):
 
-    python -m shallow_pi_jax.train --config experiments/l6.py --workdir runs/l6 \
+    python -m shallow_pi_jax.train --config experiments/pi05_libero.py --workdir runs/l6 \
         --config.teacher.params=/ckpt/pi05_libero/params \
-        --config.data.datasets='[{"name": "libero_10_no_noops", "data_dir": "/data/rlds", "mapping": "libero"}]' \
         --config.data.norm_stats_path=/ckpt/pi05_libero/assets/physical-intelligence/libero/norm_stats.json \
-        --config.data.tokenizer_path=/ckpt/paligemma_tokenizer.model
+        --config.data.tokenizer_path=/ckpt/big_vision/paligemma_tokenizer.model
+
+Every experiment choice is a flag: `--config FILE.py:key=value,...` (the file's own arguments) and
+`--config.x=y` (any field of the config).
 
 Re-running the same command resumes from the newest checkpoint in --workdir that restores (a
 corrupt newer one is moved to checkpoints_bad/ and named). A resume whose config changes what was
@@ -30,13 +33,12 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from shallow_pi_jax import cli, demo, verbosity
-from shallow_pi_jax.training import loop
-from shallow_pi_jax.training import plan as run_plan
+from shallow_pi_jax import cli, verbosity
 from shallow_pi_jax.training.flag_errors import flag_error
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/l6.py:demo.",
-                                          lock_config=False)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file[:key=value,...], e.g. experiments/pi05_libero.py or "
+    "experiments/l6.py:demo; --config.x=y sets any field.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard logs, exported student.")
 _FORCE = flags.DEFINE_bool("force", False, "Resume even when the config changes what the run's checkpoints were "
                            "trained with (model, depth, layer map, teacher, data, loss, optimizer, batch, seed); "
@@ -75,6 +77,11 @@ def _quiet_closed_loop(default):
 def run(config, workdir, *, max_steps: int | None = None, progress: bool = True, force: bool = False):
     """Resolve the config into a plan, prepare the embedded default's data and teacher, then train (see
     training.loop.run)."""
+    # Imported here, not at the top: --help then answers without loading JAX or TensorFlow.
+    from shallow_pi_jax import demo
+    from shallow_pi_jax.training import loop
+    from shallow_pi_jax.training import plan as run_plan
+
     # Resolved (and so checked) before the demo is prepared: preparing may build the demo data and train a
     # demo teacher (minutes), which a config that cannot run must not wait for.
     plan = demo.prepare(run_plan.resolve(config))
@@ -82,6 +89,12 @@ def run(config, workdir, *, max_steps: int | None = None, progress: bool = True,
 
 
 def _parse_flags(argv):
+    if any(a in ("-h", "--help", "--helpshort") for a in argv[1:]):
+        # absl's own --help ends with status 1, and shows the docstring and flags of __main__ (none
+        # under a console script). Asking for help is no error: like every command, the docstring,
+        # then the flags, on stdout.
+        print(__doc__.strip() + "\n" + flags.FLAGS.module_help(flags.FLAGS.find_module_defining_flag("workdir")))
+        sys.exit(0)
     try:
         return flags.FLAGS(argv)
     except Exception as e:  # noqa: BLE001 - config_flags raises bare KeyError/AttributeError for --config.x
@@ -122,6 +135,11 @@ def main(argv):
     return 0
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The console script (setup.py), and python -m: absl parses the flags, then main runs."""
     flags.mark_flag_as_required("config")
     app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    console()

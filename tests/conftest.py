@@ -35,8 +35,8 @@ from etils.epath import gpath  # noqa: E402
 from fsspec.implementations.memory import MemoryFileSystem  # noqa: E402
 
 from shallow_pi_jax.data import norm_stats, synthetic  # noqa: E402
-from shallow_pi_jax.data.compute_stats import compute  # noqa: E402
 from shallow_pi_jax.data.config import DataConfig  # noqa: E402
+from shallow_pi_jax.data.dataset_stats import compute  # noqa: E402
 from shallow_pi_jax.sim.demo_dataset import build_demo_dataset  # noqa: E402
 from shallow_pi_jax.training import recipes  # noqa: E402
 

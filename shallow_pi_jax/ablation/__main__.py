@@ -25,8 +25,7 @@ import pathlib
 import sys
 
 from shallow_pi_jax import cli, verbosity
-from shallow_pi_jax.ablation import report
-from shallow_pi_jax.ablation import run as ablation
+from shallow_pi_jax.ablation.config import ARMS, DEFAULT_ARMS, AblationConfig
 
 QUICK = dict(arms="untrained,full", depths="6", seeds="0", steps=10, teacher_steps=0, episodes=20, num_envs=20,
              latency_reps=5)
@@ -46,7 +45,7 @@ def parse(argv):
     p.add_argument("--quick", action="store_true",
                    help="smoke budget: tiny 32 px model, random-init teacher, arms untrained,full × 1 seed × "
                         "10 steps, 20 episodes (explicit options still win)")
-    p.add_argument("--arms", default=None, help=f"comma-separated arms (default: all of {','.join(ablation.ARMS)})")
+    p.add_argument("--arms", default=None, help=f"comma-separated arms (default: all of {','.join(ARMS)})")
     p.add_argument("--depths", default=None, help="student depths (default: 6)")
     p.add_argument("--seeds", default=None, help="training seeds (default: 0,1,2)")
     p.add_argument("--steps", type=int, default=None, help="training steps per arm (default: 300)")
@@ -79,16 +78,16 @@ def parse(argv):
     return args, tuple(overrides)
 
 
-def build_config(args, overrides) -> ablation.AblationConfig:
+def build_config(args, overrides) -> AblationConfig:
     q = QUICK if args.quick else {}
 
     def pick(name, default):
         v = getattr(args, name)
         return v if v is not None else q.get(name, default)
 
-    d = ablation.AblationConfig  # the defaults live there, once
-    arms = pick("arms", ",".join(ablation.DEFAULT_ARMS))
-    return ablation.AblationConfig(
+    d = AblationConfig  # the defaults live there, once
+    arms = pick("arms", ",".join(DEFAULT_ARMS))
+    return AblationConfig(
         out=args.out, arms=tuple(a.strip() for a in arms.split(",") if a.strip()),
         depths=_ints(pick("depths", "6")), seeds=_ints(pick("seeds", "0,1,2")), steps=pick("steps", d.steps),
         teacher=str(cli.policy_path(args.teacher)) if args.teacher else "",
@@ -101,11 +100,14 @@ def build_config(args, overrides) -> ablation.AblationConfig:
 
 def main(argv=None) -> int:
     args, overrides = parse(sys.argv[1:] if argv is None else argv)
+    # Imported once the flags are parsed, so that --help answers without loading JAX or TensorFlow.
+    from shallow_pi_jax.ablation import report, run
+
     if args.evaluate:
         cfg = build_config(args, overrides)
-        r = ablation.evaluate_policy_dir(cfg, cli.policy_path(args.evaluate), print)
+        r = run.evaluate_policy_dir(cfg, cli.policy_path(args.evaluate), print)
         pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
-        ablation.write_json(pathlib.Path(args.out) / "closed_loop.json", r)
+        run.write_json(pathlib.Path(args.out) / "closed_loop.json", r)
         print(f"closed loop: {100 * r['success_rate']:.1f} % success ({r['successes']}/{r['episodes']} episodes, "
               f"reset seeds {cfg.eval_seed}–{cfg.eval_seed + cfg.episodes - 1}; 95 % CI "
               f"{100 * r['ci95'][0]:.1f}–{100 * r['ci95'][1]:.1f}), wrong goal {100 * r['wrong_object']:.1f} %, "
@@ -117,13 +119,18 @@ def main(argv=None) -> int:
     else:
         cfg = build_config(args, overrides)
         if cfg.teacher:
-            ablation.ensure_teacher(cfg, pathlib.Path(cfg.out), print)  # checked before --out is created
-        ablation.run(cfg, progress=not args.no_progress)
+            run.ensure_teacher(cfg, pathlib.Path(cfg.out), print)  # checked before --out is created
+        run.run(cfg, progress=not args.no_progress)
         obj = report.report(cfg.out)
     print(report.markdown_table(obj["rows"]), end="")
     print(f"wrote {args.out}/results.json, results.md, results.png")
     return 0
 
 
+def console() -> int:
+    """The console script (setup.py): the same as python -m."""
+    return cli.run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(console())

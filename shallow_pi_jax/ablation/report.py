@@ -12,7 +12,8 @@ import numpy as np
 
 from shallow_pi_jax import fileio
 from shallow_pi_jax.ablation import paired
-from shallow_pi_jax.ablation.run import ARMS, PAPER, write_json
+from shallow_pi_jax.ablation.config import ARMS, PAPER
+from shallow_pi_jax.ablation.run import write_json
 from shallow_pi_jax.eval.closed_loop import wilson_interval
 
 matplotlib.use("Agg")

@@ -1,9 +1,12 @@
-"""The policy directory: the one format every command reads and the trainer / make_student write.
+"""The policy directory: the one format every command reads, and its one writer (`write`), which the
+trainer, export_checkpoint and make_student all call.
 
     DIR/params/              openpi's params layout (orbax item {"params": pure dict}; openpi_params.py)
     DIR/model_config.json    ModelConfig.to_dict(): every size and what the tree cannot tell (horizon,
                              prompt length, cameras). Ours; openpi's checkpoints have none.
-    DIR/layer_map.json       students only: teacher/student depth, teacher layer indices, strategy, teacher
+    DIR/layer_map.json       students only: the layer map (teacher/student depth, teacher layer indices and
+                             strategy of both stacks) and its Lineage (teacher, its sha256, ...), one schema
+                             (LAYER_MAP_KEYS); older files are read into it (layer_map_record)
     DIR/assets/norm_stats.json             ours, or openpi's assets/<asset_id>/norm_stats.json
     DIR/policy_record.json   how the policy sees the world (policy_record.py): cameras, state in the prompt,
                              horizon, dims, delta mask, norm type. Ours; openpi's checkpoints have none.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
+import shutil
 
 import jax
 
@@ -43,6 +47,47 @@ ASSETS = "assets"
 NORM_STATS = "norm_stats.json"
 CHECKSUMS = checksums.MANIFEST
 RECORD = policy_record.FILE
+
+# layer_map.json, every key always written (null where the writer does not know it): the map, as
+# training.layer_map.LayerMap.to_dict writes it, then its Lineage, then the student's size.
+MAP_KEYS = ("teacher_depth", "student_depth", "indices", "strategy", "expert_indices", "expert_strategy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Lineage:
+    """Where a student's layers came from: what layer_map.json says beside the map itself."""
+
+    teacher: str | None = None  # the teacher's params directory
+    # openpi_params.checkpoint_digest: sha256 over every file of the teacher's params/ in sorted
+    # relative-path order, hashing 'path\0size\0' then the bytes. make_student's; the trainer does not hash.
+    teacher_sha256: str | None = None
+    teacher_params: int | None = None  # parameter count
+    teacher_lora_pairs_merged: int | None = None  # LoRA pairs merged into the student's weights
+    dtype: str | None = None  # of the student's params: "keep" (the teacher's), float32, bfloat16
+
+
+LAYER_MAP_KEYS = (*MAP_KEYS, *(f.name for f in dataclasses.fields(Lineage)), "student_params")
+
+
+def layer_map_record(d: dict) -> dict:
+    """A layer_map.json's contents in today's schema (LAYER_MAP_KEYS, in that order).
+
+    Older files are read as LayerMap.from_dict reads them: without a strategy, "explicit"; without
+    a student depth, the number of indices; without expert_* (students before the expert had a map
+    of its own) the expert takes the backbone's map. Without a lineage key, null; make_student's
+    former description keys ("checksum", "applies_to", "created") are dropped. Anything else is
+    kept, after the schema's keys, for the reader that checks the map (LayerMap.from_dict) to judge."""
+    out = {k: d.get(k) for k in LAYER_MAP_KEYS}
+    if isinstance(d.get("indices"), list):
+        out["strategy"] = d.get("strategy", "explicit")
+        out["student_depth"] = d.get("student_depth", len(d["indices"]))
+        if out["expert_indices"] is None:
+            out["expert_indices"] = d["indices"]
+            out["expert_strategy"] = d.get("expert_strategy", out["strategy"])
+    return {**out, **{k: v for k, v in d.items() if k not in out and k not in _DROPPED}}
+
+
+_DROPPED = ("checksum", "applies_to", "created")  # make_student's before one schema: descriptions, a timestamp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,22 +153,30 @@ def read(path, *, verify: bool = True) -> PolicyDir:
         checksums.verify(root, hash_params=False)
     cfg_file, lm_file = root / MODEL_CONFIG, root / LAYER_MAP
     config = ModelConfig.from_dict(fileio.read_json(cfg_file)) if cfg_file.is_file() else None
-    layer_map = fileio.read_json(lm_file) if lm_file.is_file() else None
+    layer_map = layer_map_record(fileio.read_json(lm_file)) if lm_file.is_file() else None
     return PolicyDir(root, params_dir, config, layer_map, policy_record.read(root))
 
 
-def write(out_dir, params, model_config: ModelConfig, *, layer_map: dict | None = None,
-          norm_stats: str | pathlib.Path | None = None, check_finite: bool = True,
+def write(out_dir, params, model_config: ModelConfig | None, *, layer_map: dict | None = None,
+          lineage: Lineage | None = None, norm_stats: str | pathlib.Path | None = None,
+          assets: str | pathlib.Path | None = None, check_finite: bool = True, compress: bool = False,
           record: policy_record.PolicyRecord | None = None) -> pathlib.Path:
     """Write params (openpi layout), model_config.json, layer_map.json, policy_record.json,
-    assets/norm_stats.json and, last, checksums.json over all of them.
+    assets/ and, last, checksums.json over all of them.
 
+    `model_config` None: none is written (a student of an openpi checkpoint, whose sizes the shapes
+    tell). `layer_map` (LayerMap.to_dict()) and `lineage` make layer_map.json. `norm_stats` (a
+    file, or a directory holding norm_stats.json) becomes assets/norm_stats.json; `assets`, a whole
+    assets directory (openpi's assets/<asset_id>/ layout kept), is copied instead.
     `check_finite`: refuse (ValueError naming the leaves) to write params holding NaN or inf.
+    `compress`: zstd chunks, as openpi's own saves (openpi_params.save_params).
     Multi-host: every process takes part in the params save; process 0 writes the small files."""
     out_dir = pathlib.Path(out_dir)
+    if norm_stats and assets:
+        raise ValueError("norm_stats and assets: pass one of the two")
     if check_finite:
         openpi_params.assert_finite(params, f"params to write to {out_dir}")
-    if record is not None:
+    if record is not None and model_config is not None:
         policy_record.check_model(record, f"the policy record to write to {out_dir}", model_config,
                                   "the model config says")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -134,14 +187,19 @@ def write(out_dir, params, model_config: ModelConfig, *, layer_map: dict | None 
     # On several processes the arrays stay global: no process can fetch a sharded leaf whole (a multi-host
     # slice), and orbax has every process write the shards it holds.
     host = params if jax.process_count() > 1 else jax.device_get(params)
-    openpi_params.save_params(host, out_dir / PARAMS, overwrite=True)
+    openpi_params.save_params(host, out_dir / PARAMS, overwrite=True, compress=compress)
     if jax.process_index() != 0:
         return out_dir
-    fileio.write_json(out_dir / MODEL_CONFIG, model_config.to_dict())
+    if model_config is not None:
+        fileio.write_json(out_dir / MODEL_CONFIG, model_config.to_dict())
     if layer_map is not None:
-        fileio.write_json(out_dir / LAYER_MAP, layer_map)
+        size = sum(int(x.size) for x in jax.tree.leaves(params))
+        lm = {**layer_map, **(dataclasses.asdict(lineage) if lineage else {}), "student_params": size}
+        fileio.write_json(out_dir / LAYER_MAP, layer_map_record(lm))
     if record is not None:
         policy_record.write(out_dir, record)
+    if assets:
+        shutil.copytree(assets, out_dir / ASSETS, dirs_exist_ok=True)
     if norm_stats:
         src = pathlib.Path(norm_stats)
         src = src / NORM_STATS if src.is_dir() else src
@@ -152,7 +210,7 @@ def write(out_dir, params, model_config: ModelConfig, *, layer_map: dict | None 
 
 
 def write_checksums(root) -> pathlib.Path:
-    """Seal a policy directory written by other means (e.g. make_student's): DIR/checksums.json."""
+    """Re-seal a policy directory whose files were changed by hand: DIR/checksums.json."""
     return checksums.write_manifest(pathlib.Path(root))
 
 

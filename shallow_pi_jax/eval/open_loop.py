@@ -2,13 +2,14 @@
 
 Errors per step of the action chunk, against the ground truth and against the teacher, in robot
 units; both policies see the same batches and the same noise, so their difference is the
-distillation's, not the sampler's. The command line is `python -m shallow_pi_jax.evaluate`.
+distillation's, not the sampler's. The command line is `python -m shallow_pi_jax.evaluate`
+(`evaluate_checkpoints` is its work); the held-out data is named by cli.add_data_flags' flags.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import pathlib
+import time
 
 import jax
 import matplotlib
@@ -16,7 +17,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
 
-from shallow_pi_jax.serve.policy import Policy, demo_tokenizer_path, serving_data_config
+from shallow_pi_jax import cli, fileio
+from shallow_pi_jax.checkpoint import policy_dir, policy_record
+from shallow_pi_jax.data import norm_stats as ns
+from shallow_pi_jax.data import transforms as data_transforms
+from shallow_pi_jax.data.pipeline import make_dataset
+from shallow_pi_jax.serve.policy import Checkpoint, Policy, demo_tokenizer_path, load_checkpoint, serving_data_config
+from shallow_pi_jax.serve.presets import EnvPreset, get_preset
 from shallow_pi_jax.sim.demo_dataset import build_demo_dataset, cache_dir
 
 matplotlib.use("Agg")
@@ -125,13 +132,62 @@ def eval_data_config(args, ckpt, preset):
     return dataclasses.replace(data_cfg, datasets=(spec,), batch_size=args.batch_size), stats_path, dataset, data_dir
 
 
-def add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--env", default="demo", help="robot preset: demo, libero, droid, aloha (default: demo)")
-    p.add_argument("--data-dir", default=None, help="tfds data_dir of the RLDS dataset (default for demo: "
-                                                     "held-out demo episodes built offline)")
-    p.add_argument("--dataset", default=None, help="tfds dataset name")
-    p.add_argument("--split", default="train", help="tfds split of held-out episodes, e.g. 'train[-10%%:]'")
-    p.add_argument("--episodes", type=int, default=20, help="held-out demo episodes (demo only; default 20)")
-    p.add_argument("--tokenizer", default=None, help="sentencepiece model (default for demo: the demo's)")
-    p.add_argument("--norm-stats", default=None, help="norm_stats.json (default: the checkpoint's assets/)")
-    p.add_argument("--batch-size", type=int, default=16)
+def load_teacher(path, student: Checkpoint, preset: EnvPreset) -> Checkpoint:
+    """The teacher; an openpi checkpoint records no horizon or prompt length: it reads the student's."""
+    path = cli.policy_path(path)
+    recorded = policy_dir.read(path).config is not None
+    s = student.config
+    return load_checkpoint(path, preset=preset, action_horizon=None if recorded else s.action_horizon,
+                           max_token_len=None if recorded else s.max_token_len)
+
+
+def evaluate_checkpoints(checkpoint, teacher, data, out: pathlib.Path, *, max_frames: int | None = 512,
+                         num_steps: int = 10, noise_seed: int = 0) -> dict:
+    """Evaluate the student at `checkpoint` (and the `teacher`, if given) on the held-out data the
+    flags `data` name (eval_data_config); write OUT/summary.json and OUT/action_error.png, all or
+    nothing. Returns the summary."""
+    preset = get_preset(data.env)
+    student = load_checkpoint(cli.policy_path(checkpoint), preset=preset)
+    teacher = load_teacher(teacher, student, preset) if teacher else None
+    s_cfg = student.config
+    if teacher is not None:
+        for field in ("pi05", "action_horizon", "action_dim", "max_token_len", "image_keys", "image_size"):
+            if getattr(teacher.config, field) != getattr(s_cfg, field):
+                raise ValueError(f"teacher.{field}: {getattr(teacher.config, field)} differs from the student's "
+                                 f"{getattr(s_cfg, field)}; they must read the same inputs")
+        # Both are fed the student's batches: the teacher must see the world as the student's record says.
+        policy_record.check_same(student.record, f"the student's record ({student.root})", teacher.record,
+                                 f"the teacher's ({teacher.record.source or teacher.root})")
+    data_cfg, stats_path, dataset, data_dir = eval_data_config(data, student, preset)
+
+    out_tf = data_transforms.make_output_transform(data_cfg)
+    stats = ns.load(stats_path)["actions"]
+    robot_dim = out_tf.action_dim
+
+    def unnormalize(actions):
+        # Delta actions need no state here: the same state is added to prediction and truth.
+        return ns.unnormalize(np.asarray(actions), stats, data_cfg.quantile_norm)[..., :robot_dim]
+
+    student_policy = Policy(s_cfg, student.params, num_steps=num_steps)
+    teacher_policy = Policy(teacher.config, teacher.params, num_steps=num_steps) if teacher else None
+    start = time.monotonic()
+    errors = evaluate(student_policy, teacher_policy, make_dataset(data_cfg, train=False),
+                      unnormalize, max_frames, noise_seed)
+    summary = {
+        "student": str(student.root), "teacher": str(teacher.root) if teacher else None,
+        "student_depth": s_cfg.depth, "teacher_depth": teacher.config.depth if teacher else None,
+        "layer_map": student.layer_map, "dataset": dataset, "data_dir": data_dir, "split": data.split,
+        "env": data.env, "num_steps": num_steps, "noise_seed": noise_seed, "robot_action_dim": robot_dim,
+        "units": "robot units (unnormalised actions)", "errors": errors, "seconds": time.monotonic() - start,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with fileio.atomic_dir(out, overwrite=True) as tmp:
+        fileio.write_json(tmp / "summary.json", summary)
+        title = (f"student L{s_cfg.depth}" + (f" vs teacher L{teacher.config.depth}" if teacher else "")
+                 + f" on {dataset}")
+        plot(summary, tmp / "action_error.png", title)
+    for name, res in errors.items():
+        steps = " ".join(f"{v:.4f}" for v in res["mae_per_step"])
+        print(f"{name:20s} MAE {res['mae']:.4f}  RMSE {res['rmse']:.4f}  ({res['frames']} frames)  per step: {steps}")
+    print(f"wrote {out}/summary.json and action_error.png")
+    return summary

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Mapping
+from io import BytesIO
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shallow_pi_jax import fileio
 from shallow_pi_jax.checkpoint.policy_dir import load_model
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.pi0 import Pi0
@@ -74,3 +76,23 @@ def run_fixture(fixture_dir) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     io = dict(np.load(fixture_dir / "io.npz"))
     ours = compute_outputs(model, params, io)
     return errors(ours, io), ours
+
+
+def check_fixture(fixture_dir: pathlib.Path, save_outputs: pathlib.Path | None = None) -> bool:
+    """run_fixture, its errors printed against TOLERANCES (and our outputs saved to `save_outputs`);
+    whether every one is within its tolerance."""
+    errs, ours = run_fixture(fixture_dir)
+    print(f"{'output':<16}{'max abs err':>14}{'tolerance':>12}  ok")
+    failed = False
+    for name, err in errs.items():
+        tol = TOLERANCES[name]
+        ok = err <= tol
+        failed |= not ok
+        print(f"{name:<16}{err:>14.3e}{tol:>12.0e}  {'yes' if ok else 'NO'}")
+    if save_outputs:
+        buf = BytesIO()
+        np.savez(buf, **{k: ours[k] for k in ("v_t", "loss", "sample_actions")})
+        fileio.write_bytes(save_outputs, buf.getvalue())
+        print(f"wrote {save_outputs}")
+    print("PARITY FAILED" if failed else "parity ok")
+    return not failed

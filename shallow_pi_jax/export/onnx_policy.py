@@ -1,6 +1,6 @@
 """Run exported ONNX graphs with onnxruntime behind a policy API: `infer(obs) -> {"actions": ...}`.
 
-Works with both layouts of `onnx_export` ("single": one graph; "split": prefix graph + step graph
+Works with both layouts of `onnx_graph.export_onnx` ("single": one graph; "split": prefix graph + step graph
 with the Euler loop here), and both prefixes: a compact graph is fed its cameras and each batch's
 prompt cut to the smallest exported bucket that holds the batch's longest prompt (the JAX Policy's
 rule, models/prefix.py). The TensorRT runner in tools/jetson/ answers the same API.
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from shallow_pi_jax.export.onnx_export import observation_feed, read_metadata
+from shallow_pi_jax.export.onnx_graph import observation_feed, read_metadata
 from shallow_pi_jax.export.torch_model import euler_schedule
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.prefix import prefix_plan

@@ -1,8 +1,8 @@
 """Model sizes as data. Every dimension of π0 / π0.5 is a field here; nothing else hard-codes one.
 
 `ModelConfig.real(pi05=...)` gives openpi's released sizes (PaliGemma 2B + Gemma 300M expert +
-SigLIP So400m/14); tests build tiny ones. A config can also be read back from an openpi fixture's
-`config.json` or inferred from a checkpoint's param shapes (`from_param_shapes`).
+SigLIP So400m/14), `tiny_config` one small enough for smoke tests. A config can also be read back
+from an openpi fixture's `config.json` or inferred from a checkpoint's param shapes (`from_param_shapes`).
 """
 from __future__ import annotations
 
@@ -177,6 +177,19 @@ class ModelConfig:
             image_size=(side * ph, side * pw))
         base.update(overrides)
         return cls(**base)
+
+
+def tiny_config(depth: int = 2, pi05: bool = True, cameras=("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"),
+                action_dim: int = 8, action_horizon: int = 5, max_token_len: int = 40,
+                image_size: int = 16, vocab_size: int = 400) -> ModelConfig:
+    """A model of a few thousand parameters with every part of the real one: smoke tests, FLOP tables."""
+    return ModelConfig(
+        pi05=pi05,
+        llm=GemmaConfig(width=32, depth=depth, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=8),
+        expert=GemmaConfig(width=16, depth=depth, mlp_dim=32, num_heads=2, num_kv_heads=1, head_dim=8),
+        siglip=SiglipConfig(width=16, depth=1, mlp_dim=32, num_heads=2, patch_size=(8, 8)),
+        vocab_size=vocab_size, action_dim=action_dim, action_horizon=action_horizon, max_token_len=max_token_len,
+        image_keys=tuple(cameras), image_size=(image_size, image_size))
 
 
 def is_pi05_tree(flat_shapes: Mapping[str, Any]) -> bool:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shallow_pi_jax import verbosity
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.observation import dummy_observation
 from shallow_pi_jax.models.params import param_shapes
@@ -85,8 +86,7 @@ def quiet_libtpu_env() -> None:
     Without these, libtpu logs errors about missing TPU worker metadata, and its single-process
     lock file stops a second compiling process (a test next to a running tool) from starting.
     """
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    verbosity.quiet_libtpu()
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 

@@ -24,7 +24,6 @@ import time
 
 from shallow_pi_jax import cli
 from shallow_pi_jax.checkpoint import policy_record
-from shallow_pi_jax.serve.policy import load_policy, warmup_observation
 from shallow_pi_jax.serve.presets import PRESETS
 from shallow_pi_jax.serve.server import DEFAULT_MAX_FRAME_BYTES, PolicyServer
 
@@ -78,6 +77,9 @@ def main(argv=None) -> int:
     # websockets logs two INFO lines per health check; ours already log each client.
     logging.getLogger("websockets").setLevel(logging.INFO if args.verbose else logging.WARNING)
 
+    # Imported once the flags are parsed, so that --help answers without loading JAX.
+    from shallow_pi_jax.serve.policy import load_policy, warmup_observation
+
     # Any error here (a missing file, NaN or wrong-size norm stats, bad params) stops before serving.
     policy = load_policy(cli.policy_path(args.checkpoint), env=args.env, tokenizer_path=args.tokenizer,
                          norm_stats_path=args.norm_stats, num_steps=args.num_steps, noise_seed=args.noise_seed,
@@ -98,5 +100,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def console() -> int:
+    """The console script (setup.py): the same as python -m."""
+    return cli.run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(console())

@@ -40,7 +40,7 @@ from shallow_pi_jax.models.observation import dummy_observation, validate_observ
 from shallow_pi_jax.models.pi0 import CameraSkippingPi0, CompactPi0
 from shallow_pi_jax.models.prefix import PROMPT_BUCKETS, PrefixPlan, active_cameras, prefix_plan
 from shallow_pi_jax.serve.presets import EnvPreset, get_preset
-from shallow_pi_jax.sim.demo_dataset import cached_demo_dataset
+from shallow_pi_jax.sim.demo_tokenizer import cached_tokenizer
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "num_steps", "active", "plan"))
@@ -229,8 +229,8 @@ def serving_data_config(cfg: ModelConfig, preset: EnvPreset, *, tokenizer_path: 
 
 
 def demo_tokenizer_path() -> pathlib.Path:
-    """The bundled demo dataset's tokenizer (built offline in seconds on first use)."""
-    return cached_demo_dataset().tokenizer_path
+    """The demo task's tokenizer (trained offline in seconds on first use)."""
+    return cached_tokenizer()
 
 
 def load_policy(checkpoint, *, env: str = "libero", tokenizer_path=None, norm_stats_path=None,

@@ -15,21 +15,9 @@ import numpy as np
 
 from shallow_pi_jax.checkpoint import policy_dir
 from shallow_pi_jax.data import norm_stats
-from shallow_pi_jax.models.config import GemmaConfig, ModelConfig, SiglipConfig
+from shallow_pi_jax.models.config import ModelConfig, tiny_config
 from shallow_pi_jax.models.params import param_shapes
-from shallow_pi_jax.sim.demo_dataset import train_tokenizer
-
-
-def tiny_config(depth: int = 2, pi05: bool = True, cameras=("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"),
-                action_dim: int = 8, action_horizon: int = 5, max_token_len: int = 40,
-                image_size: int = 16, vocab_size: int = 400) -> ModelConfig:
-    return ModelConfig(
-        pi05=pi05,
-        llm=GemmaConfig(width=32, depth=depth, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=8),
-        expert=GemmaConfig(width=16, depth=depth, mlp_dim=32, num_heads=2, num_kv_heads=1, head_dim=8),
-        siglip=SiglipConfig(width=16, depth=1, mlp_dim=32, num_heads=2, patch_size=(8, 8)),
-        vocab_size=vocab_size, action_dim=action_dim, action_horizon=action_horizon, max_token_len=max_token_len,
-        image_keys=tuple(cameras), image_size=(image_size, image_size))
+from shallow_pi_jax.sim.demo_tokenizer import train_tokenizer
 
 
 def random_params(cfg: ModelConfig, seed: int = 0, scale: float = 1.0) -> dict:

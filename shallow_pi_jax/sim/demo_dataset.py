@@ -34,10 +34,10 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from shallow_pi_jax.data.tokenizer import train_sentencepiece
+from shallow_pi_jax.fileio import cache_dir
+from shallow_pi_jax.sim.demo_tokenizer import TOKENIZER_VOCAB, train_tokenizer
 from shallow_pi_jax.sim.env import ACTION_DIM, STATE_DIM, ReachConfig, ReachEnv
 from shallow_pi_jax.sim.expert import expert_episode
-from shallow_pi_jax.sim.scene import all_instructions
 
 DATASET_NAME = "shallow_pi_demo"
 VERSION = "1.0.0"
@@ -45,7 +45,6 @@ TOKENIZER_FILE = "tokenizer.model"
 INFO_FILE = "demo_info.json"
 DEMO_STREAM = 0x5D  # first entropy word of demo episode seeds, keeps them apart from evaluation seeds
 GENERATOR_VERSION = 2  # bump when anything that changes the stored bytes changes
-TOKENIZER_VOCAB = 400  # >= 256 byte pieces + 4 specials; leaves room for whole words of the task
 NOISE_STD = 0.1
 # Scenes, not frames, are what a from-scratch transformer can memorise: with 300 episodes (3.7k
 # frames, but only 300 layouts) it learned each scene's target by heart (train action error 0.014,
@@ -76,33 +75,10 @@ def default_data_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("SHALLOW_PI_DEMO_DIR", "~/.cache/shallow_pi_jax/demo")).expanduser()
 
 
-def cache_dir() -> pathlib.Path:
-    """The cache of the embedded default: demo data, its norm stats, demo teachers ($SHALLOW_PI_CACHE)."""
-    return pathlib.Path(os.environ.get("SHALLOW_PI_CACHE", "~/.cache/shallow_pi_jax")).expanduser()
-
-
 def cached_demo_dataset() -> DemoDataset:
     """The demo dataset of the embedded default, built on first use under `cache_dir()`."""
     # Our own cache: a build from an older generator is replaced (with its norm stats) rather than refused.
     return build_demo_dataset(cache_dir() / "demo_data", overwrite=True)
-
-
-def train_tokenizer(vocab_size: int = TOKENIZER_VOCAB) -> bytes:
-    """A sentencepiece model (serialized) for the task's prompts, PaliGemma's special ids and settings.
-
-    Trained on every instruction the task can produce, bare and in openpi's pi0.5 prompt format
-    ("Task: ..., State: ...;\\nAction: "), so it does not depend on which episodes were drawn.
-    Like Gemma's tokenizer: no normalisation or dummy prefix, digits split, "\\n" a piece, and
-    byte fallback so any text encodes.
-    """
-    rng = np.random.default_rng(0)
-    texts = all_instructions()
-    for text in all_instructions():
-        for _ in range(3):
-            state = " ".join(str(v) for v in rng.integers(0, 256, size=STATE_DIM))
-            texts.append(f"Task: {text}, State: {state};\nAction: ")
-    return train_sentencepiece(texts, vocab_size, byte_fallback=True, allow_whitespace_only_pieces=True,
-                               hard_vocab_limit=False, num_threads=1)
 
 
 def _features(image_size: int):

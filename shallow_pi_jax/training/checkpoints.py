@@ -8,17 +8,22 @@
                                   keep-N cannot delete it before someone looks at it.
     workdir/student/params/       the student in openpi's params layout (export / serving / make_student)
     workdir/student/layer_map.json, workdir/student/model_config.json, workdir/student/assets/
+
+`export_saved_step` writes the student of any saved step the same way (python -m shallow_pi_jax.export_checkpoint).
 """
 from __future__ import annotations
 
+import json
 import pathlib
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
-from shallow_pi_jax import run_dir
+from shallow_pi_jax import fileio, run_dir
 from shallow_pi_jax.checkpoint import policy_dir, policy_record
 from shallow_pi_jax.models.config import ModelConfig
+from shallow_pi_jax.training import plan as run_plan
 from shallow_pi_jax.training.layer_map import LayerMap
 
 BAD_DIR = run_dir.BAD_CHECKPOINTS
@@ -166,6 +171,45 @@ def export_student(params, out_dir: pathlib.Path, model_config: ModelConfig, lay
                    record: policy_record.PolicyRecord | None = None) -> pathlib.Path:
     """Write the student as a policy directory (params/ in openpi's layout + assets/ + metadata), with
     `record` (the plan's) as its policy_record.json: what serving must feed it."""
-    lm = None if layer_map is None else {**layer_map.to_dict(), "teacher": teacher_params}
-    return policy_dir.write(out_dir, params, model_config, layer_map=lm, norm_stats=norm_stats_path or None,
+    lm = None if layer_map is None else layer_map.to_dict()
+    return policy_dir.write(out_dir, params, model_config, layer_map=lm,
+                            lineage=policy_dir.Lineage(teacher=teacher_params), norm_stats=norm_stats_path or None,
                             record=record)
+
+
+def find_run(path: pathlib.Path) -> pathlib.Path:
+    """The run directory: `path` itself, or the run whose student/ (or student/params) it names."""
+    path = path.expanduser().absolute()
+    for run in (path, path.parent, path.parent.parent):
+        if (run / "config.json").is_file() and (run / "checkpoints").is_dir():
+            return run
+    if not path.exists():
+        raise FileNotFoundError(f"--workdir: {path} does not exist")
+    raise ValueError(f"--workdir: {path} is not a training run (expected config.json and checkpoints/ "
+                     "written by python -m shallow_pi_jax.train)")
+
+
+def export_saved_step(workdir: pathlib.Path, out: pathlib.Path, step: int | None = None,
+                      ema: bool = False) -> pathlib.Path:
+    """The student of the run at (or above) `workdir` at a saved `step` (default: the latest), its
+    EMA params with `ema`, written to `out` as export_student does; nothing partial on an error."""
+    run = find_run(workdir)
+    if out.exists():
+        raise ValueError(f"--out: {out} already exists")
+    config = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
+    with ocp.CheckpointManager(run / "checkpoints") as mngr:
+        steps = mngr.all_steps()
+        chosen = step if step is not None else mngr.latest_step()
+        if chosen is None or chosen not in steps:
+            raise ValueError(f"--step: {'the latest' if step is None else step} is not saved in "
+                             f"{run / 'checkpoints'} (saved: {sorted(steps)})")
+        state = mngr.restore(chosen, args=ocp.args.StandardRestore())
+    params = state["ema_params"] if ema else state["params"]
+    if params is None:
+        raise ValueError(f"--ema: {run} kept no EMA params (optim.ema_decay was None)")
+    plan = run_plan.derive(config)
+    with fileio.atomic_dir(out) as tmp:
+        export_student(params, tmp, plan.student, plan.layer_map, plan.data.norm_stats_path,
+                       plan.teacher_params or None)
+    print(f"exported step {chosen} of {run} to {out}")
+    return out

@@ -34,6 +34,38 @@ def copy(sealed, tmp_path):
     return tmp_path / "policy"
 
 
+UNIFORM_6 = [0, 3, 7, 10, 14, 17]
+# layer_map.json as make_student wrote it before there was one schema, and as a trainer wrote it
+# before the action expert had a map of its own.
+OLD_MAKE_STUDENT = {
+    "teacher_depth": 18, "student_depth": 6, "indices": UNIFORM_6, "strategy": "uniform",
+    "expert_indices": UNIFORM_6, "expert_strategy": "uniform", "teacher": "/ckpt/pi05_base/params",
+    "teacher_sha256": "ab" * 32, "checksum": "sha256 over every file of the teacher params/ directory ...",
+    "dtype": "keep", "teacher_params": 3_350_000_000, "student_params": 1_900_000_000,
+    "applies_to": ["PaliGemma/llm/layers/* (Gemma backbone and action expert)"], "teacher_lora_pairs_merged": 0,
+    "created": "2026-01-01T00:00:00+0000"}
+OLD_TRAINER = {"teacher_depth": 18, "student_depth": 6, "indices": UNIFORM_6, "strategy": "first",
+               "teacher": "/ckpt/pi05_libero/params"}
+
+
+def test_layer_map_is_written_and_read_in_one_schema(sealed, copy):
+    root = sealed[0]
+    written = json.loads((root / policy_dir.LAYER_MAP).read_text())
+    assert list(written) == list(policy_dir.LAYER_MAP_KEYS)
+    assert written["indices"] == written["expert_indices"] == [0] and written["teacher"] is None
+    assert written["student_params"] == sum(x.size for x in sealed[2].values())
+
+    for old in (OLD_MAKE_STUDENT, OLD_TRAINER):
+        (copy / policy_dir.LAYER_MAP).write_text(json.dumps(old))
+        policy_dir.write_checksums(copy)
+        lm = policy_dir.read(copy).layer_map
+        assert list(lm) == list(policy_dir.LAYER_MAP_KEYS)
+        assert {k: v for k, v in lm.items() if v is not None} == {
+            **{k: v for k, v in old.items() if k not in ("checksum", "applies_to", "created")},
+            "expert_indices": UNIFORM_6, "expert_strategy": old["strategy"]}
+    assert lm["teacher_sha256"] is None and lm["teacher"] == "/ckpt/pi05_libero/params"
+
+
 def _largest_chunk_file(root: pathlib.Path) -> pathlib.Path:
     # The tensor data lives in the OCDBT data files under params/**/d/; the largest holds the weights.
     return max((p for p in (root / "params").rglob("d/*") if p.is_file()), key=lambda p: p.stat().st_size)

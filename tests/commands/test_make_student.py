@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from shallow_pi_jax import cli
 from shallow_pi_jax import make_student as tool
-from shallow_pi_jax.checkpoint import lora
+from shallow_pi_jax.checkpoint import lora, policy_dir
 from shallow_pi_jax.checkpoint import openpi_params as C
 from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
 from shallow_pi_jax.training import student_init as S
@@ -162,6 +162,7 @@ def test_cli_end_to_end(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["l6"]  # no temp dirs left
     assert (out / "assets" / "trossen" / "norm_stats.json").read_text() == '{"norm_stats": {}}'
     record = json.loads((out / "layer_map.json").read_text())
+    assert list(record) == list(policy_dir.LAYER_MAP_KEYS)  # the one schema, as the trainer's
     assert record["teacher_depth"] == 18 and record["student_depth"] == 6
     assert record["indices"] == list(UNIFORM_6) and record["strategy"] == "uniform"
     assert record["teacher"] == str((ckpt / "params").resolve())

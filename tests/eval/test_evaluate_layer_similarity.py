@@ -1,12 +1,12 @@
-"""eval/layer_similarity: the layer-by-layer pass is the model's; an identity layer scores cos 1 and update 0;
-the read-out after every layer is the model's own velocity."""
+"""eval/residual_stream (python -m shallow_pi_jax.layer_similarity): the layer-by-layer pass is the model's;
+an identity layer scores cos 1 and update 0; the read-out after every layer is the model's own velocity."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from shallow_pi_jax.eval import layer_similarity
+from shallow_pi_jax.eval import residual_stream
 from shallow_pi_jax.models.observation import dummy_observation
 from shallow_pi_jax.models.pi0 import Pi0
 from shallow_pi_jax.serve.testing import random_params, tiny_config
@@ -33,7 +33,7 @@ def test_layer_by_layer_pass_matches_velocity(pi05):
     batch = _batch(cfg)
     obs = {k: v for k, v in batch.items() if k != "actions"}
     x_t, t = batch["actions"], jnp.array([0.3, 0.9], jnp.float32)
-    pres, sufs, _, v_t = jax.jit(lambda p: layer_similarity.hidden_states(cfg, p, obs, x_t, t))(params)
+    pres, sufs, _, v_t = jax.jit(lambda p: residual_stream.hidden_states(cfg, p, obs, x_t, t))(params)
     want = jax.jit(lambda p: Pi0(cfg).apply({"params": p}, obs, x_t, t, method=Pi0.velocity))(params)
     assert pres.shape[0] == sufs.shape[0] == cfg.depth + 1
     np.testing.assert_allclose(v_t, want, atol=1e-5)
@@ -48,7 +48,7 @@ def test_identity_layer_has_cosine_one_and_others_do_not(tmp_path):
         layers["attn"][name]["w"][1] = 0
     for name in ("mlp", "mlp_1"):
         layers[name]["linear"][1] = 0
-    res = layer_similarity.similarity(cfg, params, [_batch(cfg)], times=(0.1, 1.0))
+    res = residual_stream.similarity(cfg, params, [_batch(cfg)], times=(0.1, 1.0))
     assert len(res["backbone"]) == 3 and len(res["expert"]) == 2 and res["frames"] == 2
     np.testing.assert_allclose(res["backbone"][1], 1.0, atol=1e-6)
     np.testing.assert_allclose([e[1] for e in res["expert"]], 1.0, atol=1e-6)
@@ -67,7 +67,7 @@ def test_identity_layer_has_cosine_one_and_others_do_not(tmp_path):
     for e in res["expert_readout"]:
         assert len(e) == 4 and abs(e[3]) < 1e-5 and e[0] > 1e-3
         np.testing.assert_allclose(e[1], e[2], rtol=1e-5)
-    table = layer_similarity.format_table(res)
+    table = residual_stream.format_table(res)
     assert table.count("\n") == 2 + 3 and "expert cos t=0.1" in table and "readout err t=1" in table
-    layer_similarity.plot(res, tmp_path / "layers.png", "tiny")
+    residual_stream.plot(res, tmp_path / "layers.png", "tiny")
     assert (tmp_path / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

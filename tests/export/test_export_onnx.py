@@ -9,7 +9,7 @@ import pytest
 
 from shallow_pi_jax import export_onnx, export_torch
 from shallow_pi_jax.checkpoint import openpi_params
-from shallow_pi_jax.export import convert, onnx_export
+from shallow_pi_jax.export import convert, onnx_graph
 from shallow_pi_jax.export import torch_model as tm
 from shallow_pi_jax.export.onnx_policy import OnnxPolicy
 from shallow_pi_jax.models.config import ModelConfig
@@ -46,7 +46,7 @@ def _take(obs, idx):
 
 def test_split_graphs_match_jax_fixture_and_torch(tmp_path):
     model, io, obs = fixture("pi05")
-    files = onnx_export.export_onnx(model, tmp_path / "pi05.onnx", mode="split")
+    files = onnx_graph.export_onnx(model, tmp_path / "pi05.onnx", mode="split")
     assert [f.name for f in files] == ["pi05_prefix.onnx", "pi05_step.onnx"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pi05_prefix.onnx", "pi05_step.onnx"]  # no scratch left
     for f in files:
@@ -69,14 +69,14 @@ def test_split_graphs_match_jax_fixture_and_torch(tmp_path):
 
 def test_student_single_graph_with_external_data(tmp_path):
     model, io, obs = fixture("pi05", (0, 3, 7, 10, 14, 17))
-    files = onnx_export.export_onnx(model, tmp_path / "student.onnx", mode="single", num_steps=3,
+    files = onnx_graph.export_onnx(model, tmp_path / "student.onnx", mode="single", num_steps=3,
                                     external_data="always")
     assert [f.name for f in files] == ["student.onnx", "student.onnx.data"]
     m = onnx.load(str(files[0]), load_external_data=False)
     external = [t for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     assert len(external) > 100  # every weight matrix lives in the one .data file
     assert {e.value for t in external for e in t.external_data if e.key == "location"} == {"student.onnx.data"}
-    meta = onnx_export.read_metadata(files[0])
+    meta = onnx_graph.read_metadata(files[0])
     assert (meta["mode"], meta["num_steps"], meta["model"]["llm"]["depth"]) == ("single", 3, 6)
     policy = OnnxPolicy(files[0])
     noise = io["sample_noise"]
@@ -104,7 +104,7 @@ def test_export_onnx_cli(tmp_path):
     # LIBERO's cameras only; checked against PyTorch on a batch with the third camera masked.
     files = export_onnx.main(["--torch", str(out), "--out", str(tmp_path / "libero" / "m.onnx"), "--num-steps", "2",
                               "--verify-batch", "1", "--cameras", "base_0_rgb, left_wrist_0_rgb"])
-    meta = onnx_export.read_metadata(files[0])
+    meta = onnx_graph.read_metadata(files[0])
     assert (meta["prefix"], meta["cameras"]) == ("compact", ["base_0_rgb", "left_wrist_0_rgb"])
     with pytest.raises(ValueError, match="--cameras"):
         export_onnx.main(["--torch", str(out), "--out", str(tmp_path / "x.onnx"), "--full-prefix",
@@ -138,13 +138,13 @@ def test_compact_graph_runs_the_bucketed_prefix_and_matches_jax(tmp_path):
     params = random_params(cfg, seed=3)
     model = tm.load_state(tm.Pi0Torch(cfg), convert.convert_params(openpi_params.flatten_params(params), cfg))
     model = model.eval().requires_grad_(False)
-    compact = OnnxPolicy(onnx_export.export_onnx(model, tmp_path / "libero.onnx", num_steps=3,
+    compact = OnnxPolicy(onnx_graph.export_onnx(model, tmp_path / "libero.onnx", num_steps=3,
                                                  cameras=(BASE, LEFT))[0])
     meta = compact.meta
     assert (meta["prefix"], meta["cameras"], meta["prompt_buckets"]) == ("compact", [BASE, LEFT], [32, 64, 80])
     inputs = {i.name: i.shape for i in compact.policy.get_inputs()}
     assert f"image_{RIGHT}" not in inputs and isinstance(inputs["tokenized_prompt"][1], str)  # dynamic axis
-    full = OnnxPolicy(onnx_export.export_onnx(model, tmp_path / "full.onnx", mode="split", num_steps=3,
+    full = OnnxPolicy(onnx_graph.export_onnx(model, tmp_path / "full.onnx", mode="split", num_steps=3,
                                               prefix="full")[0])
     assert full.meta["prefix"] == "full" and [i.shape[1] for i in full.prefix.get_inputs()
                                                if i.name == "tokenized_prompt"] == [80]
@@ -169,7 +169,7 @@ def test_compact_graph_runs_the_bucketed_prefix_and_matches_jax(tmp_path):
         compact.infer(obs, noise=noise)
     assert full.infer(obs, noise=noise)["actions"].shape == noise.shape
     with pytest.raises(ValueError, match="cameras: expected a non-empty subset"):
-        onnx_export.export_onnx(model, tmp_path / "bad.onnx", cameras=(LEFT, BASE))
+        onnx_graph.export_onnx(model, tmp_path / "bad.onnx", cameras=(LEFT, BASE))
     with pytest.raises(ValueError, match="full-prefix graph reads every camera"):
-        onnx_export.export_onnx(model, tmp_path / "bad.onnx", prefix="full", cameras=(BASE,))
+        onnx_graph.export_onnx(model, tmp_path / "bad.onnx", prefix="full", cameras=(BASE,))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full_prefix.onnx", "full_step.onnx", "libero.onnx"]

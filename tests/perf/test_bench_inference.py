@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from shallow_pi_jax.models.config import tiny_config
 from shallow_pi_jax.models.params import param_shapes, random_params_in_dtype
 from shallow_pi_jax.models.prefix import PrefixPlan, full_plan
 from shallow_pi_jax.perf import costs
-from shallow_pi_jax.serve.testing import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

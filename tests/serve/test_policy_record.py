@@ -15,10 +15,11 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import FAST_COMPILE, demo_data_with_stats
 
-from shallow_pi_jax import export_onnx, make_student, train
+from shallow_pi_jax import make_student, train
 from shallow_pi_jax.checkpoint import policy_dir, policy_record
 from shallow_pi_jax.data.config import DataConfig
 from shallow_pi_jax.data.pipeline import make_dataset
+from shallow_pi_jax.export import policy_onnx
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.serve.policy import load_checkpoint, load_policy
 from shallow_pi_jax.serve.presets import get_preset
@@ -166,13 +167,13 @@ def test_the_asset_id_is_compared_when_both_records_state_one():
 
 def test_onnx_export_reads_the_cameras_the_record_has_the_robot_send():
     record = policy_record.openpi("pi05_libero")
-    assert export_onnx.graph_cameras(None, record, full_prefix=False) == ("base_0_rgb", "left_wrist_0_rgb")
-    assert export_onnx.graph_cameras(None, record, full_prefix=True) is None
-    assert export_onnx.graph_cameras(None, None, full_prefix=False) is None
+    assert policy_onnx.graph_cameras(None, record, full_prefix=False) == ("base_0_rgb", "left_wrist_0_rgb")
+    assert policy_onnx.graph_cameras(None, record, full_prefix=True) is None
+    assert policy_onnx.graph_cameras(None, None, full_prefix=False) is None
     with pytest.raises(ValueError, match=r"--cameras: the policy record has the robot send \['base_0_rgb', "
                                          r"'left_wrist_0_rgb'\], --cameras \['base_0_rgb'\] leaves out "
                                          r"\['left_wrist_0_rgb'\]"):
-        export_onnx.graph_cameras(("base_0_rgb",), record, full_prefix=False)
+        policy_onnx.graph_cameras(("base_0_rgb",), record, full_prefix=False)
 
 
 @pytest.mark.parametrize("name", ["pi05_libero", "pi0_libero", "pi05_droid"])

@@ -175,7 +175,7 @@ def test_tokenizer(built):
 
 def test_read_by_the_data_pipeline_libero_mapping(built, tmp_path):
     """The trainer's input pipeline reads it as is with the LIBERO mapping."""
-    from shallow_pi_jax.data import compute_stats, norm_stats
+    from shallow_pi_jax.data import dataset_stats, norm_stats
     from shallow_pi_jax.data.config import DataConfig, DatasetSpec
     from shallow_pi_jax.data.pipeline import make_dataset
 
@@ -184,7 +184,7 @@ def test_read_by_the_data_pipeline_libero_mapping(built, tmp_path):
     cfg = DataConfig(datasets=(spec,), batch_size=4, horizon=4, action_dim=8, image_size=SIZE, max_token_len=24,
                      tokenizer_path=str(demo.tokenizer_path), norm_stats_path=str(tmp_path / "norm_stats.json"),
                      augment=False, shuffle_buffer=16)
-    norm_stats.save(compute_stats.compute(cfg, cfg.datasets, progress=False), cfg.norm_stats_path)
+    norm_stats.save(dataset_stats.compute(cfg, cfg.datasets, progress=False), cfg.norm_stats_path)
     batch = next(make_dataset(cfg, train=True))
     assert batch["images"]["base_0_rgb"].shape == (4, SIZE, SIZE, 3)
     assert batch["image_masks"]["left_wrist_0_rgb"].all() and not batch["image_masks"]["right_wrist_0_rgb"].any()

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-# Same key and reader as shallow_pi_jax.export.onnx_export, repeated on purpose: this runner must
+# Same key and reader as shallow_pi_jax.export.onnx_graph, repeated on purpose: this runner must
 # work on a Jetson that has TensorRT and numpy but not the package (nor jax).
 META_KEY = "shallow_pi_jax"
 

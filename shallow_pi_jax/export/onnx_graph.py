@@ -17,7 +17,7 @@ to the smallest of `prompt_buckets` that holds its longest prompt, as the JAX Po
 only ever takes the bucket lengths (a TensorRT engine gets one shape profile over them). "full" is
 openpi's prefix: every camera and T = max_token_len, fixed. Both give the same actions.
 
-    from shallow_pi_jax.export.onnx_export import export_onnx
+    from shallow_pi_jax.export.onnx_graph import export_onnx
     files = export_onnx(model, "out/policy.onnx", mode="single", num_steps=10)
     files = export_onnx(model, "out/libero.onnx", cameras=("base_0_rgb", "left_wrist_0_rgb"))
 """

@@ -12,7 +12,7 @@ the suffix), the action expert over the action tokens at each t, where x_t = t·
 
 A teacher that does most of its work in its first layers has large early updates, late layers near
 cos 1, and a read-out error that is already small after a few layers. The command line is
-`python -m shallow_pi_jax.layer_similarity`.
+`python -m shallow_pi_jax.layer_similarity` (`layer_similarity_report` is its work).
 """
 from __future__ import annotations
 
@@ -23,11 +23,17 @@ import jax.numpy as jnp
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+from tqdm import tqdm
 
+from shallow_pi_jax import cli, fileio
+from shallow_pi_jax.data.pipeline import make_dataset
+from shallow_pi_jax.eval.open_loop import eval_data_config
 from shallow_pi_jax.models import masks
 from shallow_pi_jax.models.config import ModelConfig
 from shallow_pi_jax.models.gemma import Block
 from shallow_pi_jax.models.pi0 import Pi0
+from shallow_pi_jax.serve.policy import load_checkpoint
+from shallow_pi_jax.serve.presets import get_preset
 
 matplotlib.use("Agg")
 
@@ -190,3 +196,33 @@ def plot(res: dict, path: pathlib.Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def layer_similarity_report(checkpoint, data, out: pathlib.Path, times, *, max_frames: int = 64,
+                            seed: int = 0) -> dict:
+    """`similarity` of the model at `checkpoint` on the held-out data the flags `data` name
+    (open_loop.eval_data_config); writes OUT/layer_similarity.{json,md,png}, all or nothing."""
+    preset = get_preset(data.env)
+    ckpt = load_checkpoint(cli.policy_path(checkpoint), preset=preset)
+    data_cfg, _, dataset, _ = eval_data_config(data, ckpt, preset)
+
+    def limited(it):
+        seen = 0
+        for batch in tqdm(it, desc="layer similarity", unit="batch"):
+            if seen >= max_frames:
+                return
+            keep = min(len(batch["state"]), max_frames - seen)
+            seen += keep
+            yield jax.tree.map(lambda x: x[:keep], batch)
+
+    res = similarity(ckpt.config, ckpt.params, limited(make_dataset(data_cfg, train=False)), times, seed)
+    res.update(checkpoint=str(ckpt.root), dataset=dataset, depth=ckpt.config.depth)
+    table = format_table(res)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with fileio.atomic_dir(out, overwrite=True) as tmp:
+        fileio.write_json(tmp / "layer_similarity.json", res)
+        fileio.write_text(tmp / "layer_similarity.md", table)
+        plot(res, tmp / "layer_similarity.png", f"{ckpt.root.name}: L{ckpt.config.depth} on {dataset}")
+    print(table)
+    print(f"wrote {out}/layer_similarity.{{json,md,png}}")
+    return res

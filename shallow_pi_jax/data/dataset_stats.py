@@ -1,4 +1,4 @@
-"""Norm stats of RLDS and LeRobot datasets, on the data training sees (see shallow_pi_jax.compute_norm_stats).
+"""Norm stats of RLDS and LeRobot datasets, on the data training sees (python -m shallow_pi_jax.compute_norm_stats).
 
 State: one row per frame. Actions: every row of every frame's action chunk (clamped at the episode
 end, after delta actions, after DROID's idle filter), exactly what openpi's compute_norm_stats feeds
@@ -6,6 +6,8 @@ its statistics. mean/std/q01/q99 are numpy's on those rows (population std, line
 Memory: 4 * (S + H * A) bytes per frame; cap it with max_frames on very large datasets.
 """
 from __future__ import annotations
+
+import pathlib
 
 import numpy as np
 import tensorflow as tf
@@ -68,3 +70,13 @@ def compute(cfg: DataConfig, specs: tuple[DatasetSpec, ...], max_frames: int | N
             progress: bool = True) -> dict[str, _ns.NormStats]:
     state, actions, _ = collect(cfg, specs, max_frames, progress)
     return {"state": _ns.compute(state), "actions": _ns.compute(actions)}
+
+
+def write_norm_stats(cfg: DataConfig, specs: tuple[DatasetSpec, ...], path, max_frames: int | None = None,
+                     progress: bool = True) -> pathlib.Path:
+    """openpi's norm_stats.json of `specs` (collect) at `path`; says what it wrote."""
+    state, actions, elog = collect(cfg, specs, max_frames, progress=progress)
+    written = _ns.save({"state": _ns.compute(state), "actions": _ns.compute(actions)}, path)
+    print(f"wrote {written}: {len(state)} frames, {len(actions)} action rows, state dim "
+          f"{state.shape[-1]}, action dim {actions.shape[-1]}, {elog.num_skipped} bad episodes skipped")
+    return written
