@@ -42,7 +42,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import FAST_COMPILE
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 from shallow_pi_jax.export.onnx_policy import OnnxPolicy
@@ -297,7 +296,7 @@ def sandbox(tmp_path_factory):
 
 def block_env() -> dict:
     return {**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "XLA_FLAGS": FAST_COMPILE, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+            "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
 
 
 def run_block(block: Block, root: pathlib.Path, sessions: list[int]) -> tuple[int, str, float]:

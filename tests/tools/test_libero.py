@@ -27,7 +27,6 @@ import pytest
 import websockets.exceptions
 import websockets.sync.client
 import websockets.sync.server
-from conftest import FAST_COMPILE
 from openpi_client import image_tools, msgpack_numpy
 
 from shallow_pi_jax.serve.testing import tiny_config, write_tiny_checkpoint
@@ -36,7 +35,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 CLIENT = REPO / "tools" / "libero_client.py"
 SETUP = REPO / "tools" / "libero_setup.sh"
 MAX_STEPS, WAIT, REPLAN, SEED, TASK = 15, 10, 5, 7, 0
-ENV = {**os.environ, "XLA_FLAGS": FAST_COMPILE, "JAX_PLATFORMS": "cpu", "MUJOCO_GL": "egl"}
+ENV = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "MUJOCO_GL": "egl"}
 
 # openpi's LIBERO loop up to the first request, then the given actions; the raw observation at each
 # request step is saved. Runs in the LIBERO venv; the actions come on stdin once the client is done,
