@@ -24,18 +24,12 @@ training/student_checkpoint.py's write_student.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pathlib
 import sys
-from typing import TYPE_CHECKING
 
 from shallow_pi_jax import cli
 from shallow_pi_jax.checkpoint import policy_record
-from shallow_pi_jax.models.config import is_pi05_tree
 from shallow_pi_jax.training.layer_map import parse_layers
-
-if TYPE_CHECKING:
-    from shallow_pi_jax.checkpoint.policy_dir import PolicyDir
 
 DTYPES = ("keep", "float32", "bfloat16")  # training/student_checkpoint.DTYPES
 
@@ -71,27 +65,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return cli.parse(ap, argv)
 
 
-def student_record(teacher: PolicyDir, openpi_config: str | None) -> policy_record.PolicyRecord | None:
-    """How the student sees the world: as its teacher (layers do not change a policy's inputs and outputs)."""
-    named = policy_record.openpi(openpi_config) if openpi_config else None
-    record, _ = policy_record.resolve(teacher.record, str(teacher.root / policy_record.FILE), named,
-                                      f"--openpi-config {openpi_config}", named_wins=True)
-    if record is None:
-        return None
-    pi05 = is_pi05_tree(teacher.shapes)
-    if record.pi05 != pi05:
-        raise ValueError(f"pi05: {record.source or 'the policy record'} says {record.pi05}, the teacher's params "
-                         f"({teacher.params_dir}) are {'π0.5' if pi05 else 'π0'}")
-    return dataclasses.replace(record, source=f"teacher {teacher.root} ({record.source})")
-
-
 def make_student(args) -> pathlib.Path:
     # Imported once the flags are parsed, so that --help answers without loading JAX.
     from shallow_pi_jax.checkpoint import policy_dir
     from shallow_pi_jax.training import student_checkpoint
 
     teacher = policy_dir.read(cli.policy_path(args.teacher), verify=not args.no_checksums)
-    record = student_record(teacher, args.openpi_config)
+    record = student_checkpoint.student_record(teacher, args.openpi_config)
     layers = parse_layers(args.layers) if args.layers is not None else None
     if layers is None and args.depth is None:
         raise cli.UsageError("--depth: required unless --layers is given")

@@ -11,6 +11,7 @@ built in a hidden sibling and renamed at the end: all or nothing.
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Sequence
 
@@ -21,10 +22,25 @@ from tqdm import tqdm
 from shallow_pi_jax import fileio
 from shallow_pi_jax.checkpoint import openpi_params, policy_dir, policy_record
 from shallow_pi_jax.checkpoint.layer_reader import ParamsReader
+from shallow_pi_jax.models.config import is_pi05_tree
 from shallow_pi_jax.training import student_init
 from shallow_pi_jax.training.layer_map import make_layer_map
 
 DTYPES = {"keep": None, "float32": np.float32, "bfloat16": jax.numpy.bfloat16}
+
+
+def student_record(teacher: policy_dir.PolicyDir, openpi_config: str | None) -> policy_record.PolicyRecord | None:
+    """How the student sees the world: as its teacher (layers do not change a policy's inputs and outputs)."""
+    named = policy_record.openpi(openpi_config) if openpi_config else None
+    record, _ = policy_record.resolve(teacher.record, str(teacher.root / policy_record.FILE), named,
+                                      f"--openpi-config {openpi_config}", named_wins=True)
+    if record is None:
+        return None
+    pi05 = is_pi05_tree(teacher.shapes)
+    if record.pi05 != pi05:
+        raise ValueError(f"pi05: {record.source or 'the policy record'} says {record.pi05}, the teacher's params "
+                         f"({teacher.params_dir}) are {'π0.5' if pi05 else 'π0'}")
+    return dataclasses.replace(record, source=f"teacher {teacher.root} ({record.source})")
 
 
 def write_student(teacher: policy_dir.PolicyDir, out, depth: int | None, strategy: str = "uniform",
